@@ -1,0 +1,93 @@
+"""A model is a composition of an Encoder, a Decoder, a Prior and a Loss."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from genkit.config import ModelConfig
+from genkit.errors import PluginError, ShapeError
+from genkit.parts import Decoder, Encoder, Loss, LossOutput, ModelOutput, Posterior, Prior
+
+
+class Model(nn.Module):
+    """Base of every genkit model.
+
+    A subclass declares its ``config_class`` and builds its four parts in ``__init__(config)``;
+    everything else (encode, decode, sample, loss) is shared.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: the registry name the model was built under (set by :func:`genkit.get_model`).
+    name: str = ""
+
+    def __init__(self, config: ModelConfig, *, encoder: Encoder, decoder: Decoder, prior: Prior, loss: Loss) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.loss_fn = loss
+
+    @classmethod
+    def describe(cls) -> str:
+        """The first line of the model's docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.image_channels, c.image_size, c.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`ShapeError` unless ``x`` is a batch of images of the configured size."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            want = "(N, {}, {}, {})".format(*self.input_shape)
+            raise ShapeError(
+                f"{self.name or type(self).__name__} expects images shaped {want}, got {tuple(x.shape)}: "
+                "resize the images or build the model with matching image_size/image_channels"
+            )
+
+    def encode(self, x: Tensor) -> Posterior:
+        """The posterior q(z|x) (or the code, for a deterministic encoder)."""
+        self.check_input(x)
+        return self.encoder(x)
+
+    def decode_logits(self, z: Tensor) -> Tensor:
+        logits = self.decoder(z)
+        if tuple(logits.shape[1:]) != self.input_shape or logits.shape[0] != z.shape[0]:
+            raise PluginError(
+                f"{self.name or type(self).__name__}: decoder returned shape {tuple(logits.shape)}, "
+                f"expected ({z.shape[0]}, {', '.join(map(str, self.input_shape))}); fix the decoder"
+            )
+        return logits
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images in [0, 1] from latent codes."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> ModelOutput:
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if self.training else posterior.mean
+        return ModelOutput(posterior, z, self.decode_logits(z))
+
+    def loss(self, x: Tensor, target: Tensor | None = None) -> LossOutput:
+        """The loss terms for inputs ``x`` against ``target`` (``x`` itself unless denoising)."""
+        output = self(x)
+        return self.loss_fn(output, x if target is None else target, self.prior)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode the posterior mean of ``x``."""
+        return self.decode(self.encode(x).mean)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images drawn from the prior."""
+        return self.decode(self.prior.sample(n, generator))
