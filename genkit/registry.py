@@ -127,7 +127,9 @@ class Registry:
             except Exception as exc:  # any import-time failure of a third-party module
                 raise FailedPlugin(info, f"failed to load {info.target}: {type(exc).__name__}: {exc}") from exc
             if not (isinstance(obj, type) and issubclass(obj, self.base)):
-                raise FailedPlugin(info, f"{info.target} is not a subclass of {self.base.__module__}.{self.base.__name__}")
+                raise FailedPlugin(
+                    info, f"{info.target} is not a subclass of {self.base.__module__}.{self.base.__name__}"
+                )
             self._loaded[name] = obj
         return self._loaded[name]
 
@@ -183,7 +185,9 @@ def get_noise(spec: str) -> NoiseTransform:
     """Parse a noise spec ``NAME:LEVEL`` (e.g. ``gaussian:0.5``) into its transform."""
     name, sep, level = spec.partition(":")
     if not sep or not name:
-        raise ConfigError(f"bad noise spec {spec!r}: write NAME:LEVEL, e.g. gaussian:0.5 (names: {', '.join(noise.names())})")
+        raise ConfigError(
+            f"bad noise spec {spec!r}: write NAME:LEVEL, e.g. gaussian:0.5 (names: {', '.join(noise.names())})"
+        )
     try:
         value = float(level)
     except ValueError:

@@ -10,7 +10,7 @@ Each ``check_*`` function is also usable on its own, e.g. parametrised over :fun
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -79,7 +79,7 @@ class ModelConformance:
     """Inherit in a pytest module and set ``model_name`` (and ``overrides`` if needed)."""
 
     model_name: str = ""
-    overrides: dict[str, Any] = {}
+    overrides: ClassVar[dict[str, Any]] = {}
 
     def build(self) -> Model:
         torch.manual_seed(0)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-import torch
 from genkit import NoiseTransform, normal_like, uniform_like
 
 

@@ -1,0 +1,67 @@
+"""Shared test helpers: fake entry-point distributions on sys.path, the real data folder, tiny data."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from genkit import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_distribution(site: Path, dist: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> Path:
+    """Write a minimal installed distribution (modules + .dist-info with entry points) into ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = []
+    for group, eps in entry_points.items():
+        lines.append(f"[{group}]")
+        lines += [f"{name} = {target}" for name, target in eps.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return site
+
+
+@pytest.fixture
+def plugin_site(tmp_path, monkeypatch):
+    """A folder on sys.path for fake plugin distributions; registries are refreshed around the test."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    for reg in (registry.models, registry.priors, registry.losses, registry.noise):
+        reg.refresh()
+    yield site
+    for reg in (registry.models, registry.priors, registry.losses, registry.noise):
+        reg.refresh()
+    for name in list(sys.modules):
+        if name.startswith("fake_"):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The folder with MNIST/ and FashionMNIST/ (``GENKIT_DATA_DIR``); tests needing it skip without it."""
+    path = os.environ.get("GENKIT_DATA_DIR")
+    if not path or not (Path(path) / "MNIST" / "raw").is_dir():
+        pytest.skip("set GENKIT_DATA_DIR to a folder holding MNIST/raw (as .ci/run does)")
+    return Path(path)
+
+
+@pytest.fixture
+def tiny_images() -> torch.Tensor:
+    """64 generated 28x28 'images' in [0, 1]: blurred blobs, learnable in a few steps."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randint(6, 22, (64, 2), generator=g).float()
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    d2 = (yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2
+    return torch.exp(-d2 / 18.0).unsqueeze(1)

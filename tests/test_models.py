@@ -1,0 +1,66 @@
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import genkit
+from genkit.testing import CHECKS
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", genkit.list_models())
+def test_every_registered_model_conforms(name, check):
+    torch.manual_seed(0)
+    model = genkit.get_model(name)
+    model.train()
+    check(model)
+
+
+def test_vae_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=10)
+    x = torch.rand(8, 1, 28, 28)
+    posterior = model.encode(x)
+    ours = model.prior.kl(posterior)
+    q = Normal(posterior.mean, torch.exp(0.5 * posterior.logvar))
+    p = Normal(torch.zeros_like(posterior.mean), torch.ones_like(posterior.mean))
+    reference = kl_divergence(q, p).sum(1)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert model.loss(x).terms["kl"].item() == pytest.approx(reference.mean().item(), abs=1e-5)
+
+
+def test_beta_vae_kl_is_beta_times_vae_kl():
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(1)
+    vae = genkit.get_model("vae-conv", latent=6)
+    torch.manual_seed(1)
+    beta_vae = genkit.get_model("beta-vae", latent=6, beta=4.0)
+    torch.manual_seed(2)
+    vae_terms = vae.loss(x).terms
+    torch.manual_seed(2)
+    beta_terms = beta_vae.loss(x).terms
+    assert torch.equal(beta_terms["kl"], 4.0 * vae_terms["kl"])
+    assert torch.equal(beta_terms["reconstruction"], vae_terms["reconstruction"])
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = genkit.get_model("ae")
+    with pytest.raises(genkit.ShapeError, match=r"expects images shaped \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"):
+        model.encode(torch.rand(2, 3, 28, 28))
+
+
+def test_config_dict_round_trip_and_errors():
+    cls = genkit.get_model_class("beta-vae").config_class
+    config = cls(latent=4, beta=2.0)
+    assert cls.from_dict(config.to_dict()) == config
+    with pytest.raises(genkit.ConfigError, match="unknown option"):
+        cls.from_dict({"latent": 4, "colour": "red"})
+    with pytest.raises(genkit.ConfigError, match="JSON object"):
+        cls.from_dict([1, 2])
+    with pytest.raises(genkit.ConfigError, match="multiple of 4"):
+        cls(image_size=30)
+
+
+def test_public_api_is_documented():
+    for name in genkit.__all__:
+        obj = getattr(genkit, name)
+        assert getattr(obj, "__doc__", None), f"genkit.{name} has no docstring"

@@ -1,0 +1,144 @@
+import pytest
+
+import genkit
+from genkit import registry
+from genkit.errors import ConfigError, PluginError
+from genkit.registry import AUTOLOAD_ENV
+from tests.conftest import write_distribution
+
+BUILTINS = {"ae", "vae-conv", "beta-vae"}
+
+GOOD_PLUGIN = """
+    from genkit_plugins.vae import ConvVAE
+
+    class Tiny(ConvVAE):
+        '''A tiny third-party VAE.'''
+"""
+
+
+def test_builtins_come_from_genkit_distribution():
+    assert BUILTINS <= set(genkit.list_models())
+    for name in BUILTINS:
+        assert registry.models.info(name).distribution == "genkit"
+
+
+def test_list_models_pattern():
+    assert genkit.list_models("*vae*") == ["beta-vae", "vae-conv"]
+    assert genkit.list_models("nothing*") == []
+
+
+def test_none_overrides_keep_defaults():
+    model = genkit.get_model("vae-conv", latent=None, channels=8)
+    assert model.config.latent == 10 and model.config.channels == 8
+    assert model.name == "vae-conv"
+
+
+def test_unknown_option_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"unknown option.*bogus"):
+        genkit.get_model("ae", bogus=3)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "10", True])
+def test_bad_latent_rejected(value):
+    with pytest.raises(ConfigError, match="latent"):
+        genkit.get_model("vae-conv", latent=value)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(PluginError, match="did you mean vae-conv"):
+        genkit.get_model("vae-cnv")
+
+
+def test_third_party_plugin_lists_and_builds(plugin_site):
+    write_distribution(
+        plugin_site, "tiny-vae", {"genkit.models": {"tiny": "fake_tiny:Tiny"}}, {"fake_tiny": GOOD_PLUGIN}
+    )
+    assert "tiny" in genkit.list_models()
+    assert registry.models.info("tiny").distribution == "tiny-vae"
+    model = genkit.get_model("tiny", latent=3)
+    assert model.encode(genkit_batch()).mean.shape == (2, 3)
+
+
+def genkit_batch():
+    import torch
+
+    return torch.rand(2, 1, 28, 28)
+
+
+def test_broken_plugin_is_flagged_and_others_still_build(plugin_site):
+    write_distribution(
+        plugin_site,
+        "broken-pkg",
+        {"genkit.models": {"broken": "fake_broken:Model"}},
+        {"fake_broken": "raise ImportError('needs libfoo')\n"},
+    )
+    status = {info.name: obj for info, obj in registry.models.status()}
+    assert isinstance(status["broken"], registry.FailedPlugin)
+    assert str(status["broken"]).startswith("broken-pkg[broken]: failed to load fake_broken:Model")
+    assert "needs libfoo" in str(status["broken"])
+    for name in BUILTINS:
+        assert not isinstance(status[name], registry.FailedPlugin)
+        genkit.get_model(name)
+    with pytest.raises(PluginError, match=r"broken-pkg\[broken\]"):
+        genkit.get_model("broken")
+
+
+def test_plugin_that_fails_to_build_names_its_distribution(plugin_site):
+    source = """
+        from genkit_plugins.vae import ConvVAE
+
+        class Tiny(ConvVAE):
+            def __init__(self, config):
+                raise RuntimeError('no GPU here')
+    """
+    write_distribution(
+        plugin_site, "bad-build", {"genkit.models": {"badbuild": "fake_badbuild:Tiny"}}, {"fake_badbuild": source}
+    )
+    with pytest.raises(PluginError, match=r"bad-build\[badbuild\]: failed to build: RuntimeError: no GPU here"):
+        genkit.get_model("badbuild")
+
+
+def test_plugin_of_wrong_type_is_rejected(plugin_site):
+    write_distribution(
+        plugin_site, "odd-pkg", {"genkit.models": {"odd": "fake_odd:thing"}}, {"fake_odd": "thing = 42\n"}
+    )
+    with pytest.raises(PluginError, match=r"odd-pkg\[odd\]: fake_odd:thing is not a subclass of genkit.model.Model"):
+        genkit.get_model("odd")
+
+
+def test_two_distributions_claiming_one_name(plugin_site):
+    for dist in ("first-pkg", "second-pkg"):
+        write_distribution(plugin_site, dist, {"genkit.models": {"twin": "fake_tiny:Tiny"}}, {"fake_tiny": GOOD_PLUGIN})
+    with pytest.raises(PluginError, match="'twin' is claimed by both first-pkg and second-pkg"):
+        genkit.get_model("twin")
+    genkit.get_model("vae-conv")  # the others are unaffected
+
+
+def test_autoload_switch_hides_third_party_plugins(plugin_site, monkeypatch):
+    write_distribution(
+        plugin_site, "tiny-vae", {"genkit.models": {"tiny": "fake_tiny:Tiny"}}, {"fake_tiny": GOOD_PLUGIN}
+    )
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    registry.models.refresh()
+    assert "tiny" not in genkit.list_models()
+    assert BUILTINS <= set(genkit.list_models())
+
+
+def test_register_in_process_and_duplicate_is_an_error():
+    from genkit_plugins.vae import ConvVAE
+
+    registry.models.register("local-vae", ConvVAE)
+    try:
+        assert registry.models.info("local-vae").distribution == "<local>"
+        with pytest.raises(PluginError, match="already provided"):
+            registry.models.register("vae-conv", ConvVAE)
+    finally:
+        registry.models.unregister("local-vae")
+
+
+def test_noise_spec_parsing():
+    noise = genkit.get_noise("gaussian:0.5")
+    assert noise.level == 0.5 and noise.spec == "gaussian:0.5"
+    for bad in ("gaussian", "gaussian:abc", ":0.5", "salt-pepper:1.5", "gaussian:-1"):
+        with pytest.raises((ConfigError, PluginError)):
+            genkit.get_noise(bad)
