@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
+import torch
+from torchvision.utils import save_image
 
-from genkit import registry
-from genkit.errors import GenkitError
+from genkit import registry, report
+from genkit.checkpoint import load_model
+from genkit.data import DATA_ENV, load_images
+from genkit.errors import DataError, GenkitError, ShapeError
+from genkit.metrics import psnr
+from genkit.noise import seeded_generator
+from genkit.registry import get_noise
+from genkit.run import resume_run, start_run
+from genkit.train import TrainConfig
 
 KINDS = {"models": registry.models, "priors": registry.priors, "losses": registry.losses, "noise": registry.noise}
 
@@ -60,6 +73,163 @@ def info(name: str) -> None:
     click.echo("options (genkit run NAME --OPTION VALUE):")
     for field, kind, default, help_text in cls.config_class.describe_fields():
         click.echo(f"  --{field.replace('_', '-'):<16} {kind:<6} default {default!s:<8} {help_text}")
+
+
+def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are read as JSON (numbers, true/false) and otherwise kept as text."""
+    options: dict[str, Any] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            options[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = raw
+    return options
+
+
+def _train_options(**given: Any) -> TrainConfig:
+    """A TrainConfig from CLI values; options not given keep the dataclass defaults."""
+    return TrainConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--latent", type=click.IntRange(min=1), help="Size of the latent code.")
+@click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (beta-vae).")
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other model option (genkit info MODEL)."
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train [default: 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size [default: 128].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [default: 1e-3].")
+@click.option("--seed", type=int, help="Random seed [default: 0].")
+@click.option("--noise", metavar="NAME:LEVEL", help="Train a denoiser on noisy inputs, e.g. gaussian:0.5.")
+@click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up [default: 0].")
+@click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, or a folder of images.")
+@click.option("--data-dir", envvar=DATA_ENV, help=f"Where datasets live (or ${DATA_ENV}); downloaded there if missing.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/MODEL-DATASET].")
+@click.option("--overwrite", is_flag=True, help="Write into an existing --out folder.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto].")
+@click.option("--limit", type=click.IntRange(min=1), help="Use at most N training and N test images (quick runs).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(
+    model: str | None,
+    latent: int | None,
+    beta: float | None,
+    settings: tuple[str, ...],
+    resume: str | None,
+    dataset: str,
+    data_dir: str | None,
+    out: str | None,
+    overwrite: bool,
+    limit: int | None,
+    quiet: bool,
+    **train: Any,
+) -> None:
+    """Train MODEL and write samples, latent plot, reconstructions, denoising, curves, weights and metrics."""
+    if resume:
+        if model or latent or beta or settings:
+            raise click.UsageError("--resume continues a run as configured: give only --resume RUN_DIR [--epochs N]")
+        resume_run(resume, epochs=train["epochs"])
+        return
+    if not model:
+        raise click.UsageError("name a MODEL (see genkit list) or give --resume RUN_DIR")
+    options = {**_parse_settings(settings), "latent": latent, "beta": beta}
+    config = _train_options(progress=not quiet, **train)
+    start_run(model, options, config, dataset=dataset, data_dir=data_dir, out=out, overwrite=overwrite, limit=limit)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-N.png].")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(run_dir: str, count: int, output: str | None, seed: int) -> None:
+    """Draw samples from a trained run's prior into a PNG grid."""
+    model = load_model(run_dir)
+    path = Path(output or Path(run_dir) / f"samples-{count}.png")
+    report.save_samples(model, path, n=count, seed=seed)
+    click.echo(f"wrote {count} samples to {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--noise", metavar="NAME:LEVEL", help="Corrupt the images first (to measure); else they are taken as noisy."
+)
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="denoised", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: str, seed: int) -> None:
+    """Denoise IMAGES with a trained run; with --noise, report PSNR before and after."""
+    model = load_model(run_dir)
+    batch = load_images(list(images), model.config.image_size, model.config.image_channels)
+    noisy = get_noise(noise)(batch, seeded_generator(seed)) if noise else batch
+    denoised = model.reconstruct(noisy)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, noisy_image, clean_image in zip(images, noisy, denoised, strict=True):
+        stem = Path(path).stem
+        if noise:
+            save_image(noisy_image, out / f"{stem}-noisy.png")
+        save_image(clean_image, out / f"{stem}-denoised.png")
+    if noise:
+        click.echo(f"PSNR {psnr(noisy, batch):.2f} dB noisy -> {psnr(denoised, batch):.2f} dB denoised ({noise})")
+    click.echo(f"wrote {len(images)} denoised image(s) to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="codes.npz", show_default=True)
+def encode(run_dir: str, images: tuple[str, ...], output: str) -> None:
+    """Compress IMAGES to latent codes (float16) in an .npz; report the rate and the reconstruction PSNR."""
+    model = load_model(run_dir)
+    batch = load_images(list(images), model.config.image_size, model.config.image_channels)
+    codes = model.encode(batch).mean.detach().to(torch.float16)
+    np.savez(output, codes=codes.numpy(), names=np.array([Path(p).name for p in images]))
+    raw = batch[0].numel()  # 8-bit pixels
+    coded = codes[0].numel() * codes.element_size()
+    quality = psnr(model.decode(codes.float()), batch)
+    click.echo(
+        f"{len(images)} image(s) -> {output}: {coded} bytes/image vs {raw} raw ({raw / coded:.1f}x smaller), "
+        f"reconstruction PSNR {quality:.2f} dB"
+    )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("codes", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="decoded", show_default=True)
+def decode(run_dir: str, codes: str, output: str) -> None:
+    """Decode an .npz of latent codes (from genkit encode) back to PNG images."""
+    model = load_model(run_dir)
+    z, names = read_codes(codes, model.config.latent)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        decoded = model.decode(z)
+    for name, image in zip(names, decoded, strict=True):
+        save_image(image, out / f"{Path(name).stem}.png")
+    click.echo(f"wrote {len(names)} image(s) to {out}")
+
+
+def read_codes(path: str, latent: int) -> tuple[torch.Tensor, list[str]]:
+    """Codes and names from an .npz written by ``genkit encode``, checked against the model's latent size."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            z = torch.from_numpy(data["codes"].astype(np.float32))
+            names = [str(n) for n in data["names"]] if "names" in data else [f"{i:05d}" for i in range(len(z))]
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path} is not a codes file written by genkit encode ({exc})") from None
+    if z.dim() != 2 or z.shape[1] != latent or len(names) != len(z):
+        raise ShapeError(f"{path} holds codes shaped {tuple(z.shape)}; this run's model needs (N, {latent})")
+    return z, names
 
 
 def _echo_error(message: str) -> None:

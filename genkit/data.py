@@ -1,0 +1,192 @@
+"""Datasets as in-memory tensors: MNIST and Fashion-MNIST (torchvision's layout), and image folders."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genkit.errors import DataError
+
+#: Environment variable naming the data root (the folder holding ``MNIST/`` and ``FashionMNIST/``).
+DATA_ENV = "GENKIT_DATA_DIR"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+#: dataset name -> (torchvision folder / class name, class names)
+TORCHVISION_DATASETS = {
+    "mnist": ("MNIST", [str(i) for i in range(10)]),
+    "fashion-mnist": (
+        "FashionMNIST",
+        ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
+    ),
+}
+
+
+@dataclass
+class ImageData:
+    """A split held as one tensor: ``images`` float (N, C, H, W) in [0, 1] and integer ``labels``."""
+
+    images: Tensor
+    labels: Tensor
+    name: str = ""
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, n: int | None) -> ImageData:
+        """The first ``n`` items (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return ImageData(self.images[:n], self.labels[:n], self.name, self.classes)
+
+    def to(self, device: torch.device | str) -> ImageData:
+        return ImageData(self.images.to(device), self.labels.to(device), self.name, self.classes)
+
+
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The data root: ``data_dir``, else ``$GENKIT_DATA_DIR``, else ``~/.cache/genkit/data``."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path.home() / ".cache" / "genkit" / "data"
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        dims = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+    except (OSError, EOFError, ValueError, IndexError) as exc:
+        raise DataError(f"{path} is not a readable IDX file ({exc}); delete it to download it again") from None
+
+
+def _find_idx(raw_dir: Path, stem: str) -> Path | None:
+    for candidate in (raw_dir / stem, raw_dir / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> ImageData:
+    """MNIST or Fashion-MNIST from ``<root>/<MNIST|FashionMNIST>/raw`` (gzipped or not), downloaded if missing."""
+    if name not in TORCHVISION_DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(TORCHVISION_DATASETS)} or an image folder")
+    folder, classes = TORCHVISION_DATASETS[name]
+    root = data_root(data_dir)
+    raw_dir = root / folder / "raw"
+    paths = [_find_idx(raw_dir, stem) for stem in _IDX_FILES[split]]
+    if None in paths:
+        _download(name, folder, root)
+        paths = [_find_idx(raw_dir, stem) for stem in _IDX_FILES[split]]
+        if None in paths:
+            raise DataError(f"{name} files missing in {raw_dir} after download")
+    images, labels = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+    if images.shape[0] != labels.shape[0] or images.ndim != 3:
+        raise DataError(f"{raw_dir}: images {images.shape} and labels {labels.shape} do not match")
+    tensor = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+    return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), name, classes)
+
+
+def _download(name: str, folder: str, root: Path) -> None:
+    import torchvision.datasets as tvd
+
+    try:
+        getattr(tvd, folder)(str(root), train=True, download=True)
+    except Exception as exc:
+        stems = ", ".join(f"{s}.gz" for pair in _IDX_FILES.values() for s in pair)
+        raise DataError(
+            f"{name} is not in {root / folder / 'raw'} and could not be downloaded ({type(exc).__name__}); "
+            f"put {stems} there, or point --data-dir / ${DATA_ENV} at a folder holding {folder}/raw"
+        ) from None
+
+
+def load_image_folder(
+    path: str | os.PathLike[str], image_size: int = 28, channels: int = 1, test_fraction: float = 0.1, seed: int = 0
+) -> tuple[ImageData, ImageData]:
+    """Images under ``path`` (PNG/JPEG...), resized to ``image_size``; sub-folder names become labels.
+
+    A fixed, seeded ``test_fraction`` of the images is held out as the test split.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files})
+    mode = "L" if channels == 1 else "RGB"
+    images, labels = [], []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
+                images.append(pil_to_tensor(img))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {file}: {exc}") from None
+        labels.append(classes.index(file.parent.relative_to(root).as_posix()))
+    data = ImageData(torch.stack(images).float().div_(255.0), torch.tensor(labels), root.name, classes)
+    if len(data) < 2:
+        raise DataError(f"{root} holds {len(data)} image; a train and a test split need at least 2")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, round(len(data) * test_fraction))
+    pick = lambda idx: ImageData(data.images[idx], data.labels[idx], data.name, classes)  # noqa: E731
+    return pick(order[n_test:]), pick(order[:n_test])
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, image_size: int = 28, channels: int = 1
+) -> tuple[ImageData, ImageData]:
+    """(train, test) for ``mnist``, ``fashion-mnist``, or a path to an image folder."""
+    if name in TORCHVISION_DATASETS:
+        return load_torchvision_dataset(name, "train", data_dir), load_torchvision_dataset(name, "test", data_dir)
+    if Path(name).expanduser().is_dir():
+        return load_image_folder(Path(name).expanduser(), image_size, channels)
+    raise DataError(f"unknown dataset {name!r}: use mnist, fashion-mnist, or the path of a folder of images")
+
+
+def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -> Tensor:
+    """Image files as a (N, C, H, W) batch in [0, 1]; a size or channel mismatch is a :class:`ShapeError`."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from genkit.errors import ShapeError
+
+    if not paths:
+        raise DataError("no image files given")
+    batch = []
+    for path in map(Path, paths):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB") if img.mode == "P" else img
+                bands = [b for b in img.getbands() if b != "A"]
+                have = 1 if len(bands) == 1 else 3
+                if have != channels or img.size != (image_size, image_size):
+                    kind = {1: "grayscale", 3: "RGB"}
+                    want = kind.get(channels, f"{channels}-channel")
+                    raise ShapeError(
+                        f"{path} is {img.size[0]}x{img.size[1]} {kind[have]}, but the model takes "
+                        f"{image_size}x{image_size} {want} images: convert it first"
+                    )
+                batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
+        except FileNotFoundError:
+            raise DataError(f"image {path} does not exist") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+    return torch.stack(batch).float().div_(255.0)

@@ -1,0 +1,137 @@
+"""The pictures of a run: samples, latent space, reconstructions, denoising, interpolation, loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import torch
+from torchvision.utils import save_image
+
+from genkit.data import ImageData
+from genkit.model import Model
+from genkit.noise import NoiseTransform
+
+
+def _rows(path: Path, rows: list[torch.Tensor]) -> None:
+    """Save equally long rows of images as one grid, one row each."""
+    save_image(torch.cat(rows).float().cpu(), path, nrow=rows[0].shape[0], padding=2, pad_value=0.5)
+
+
+@torch.no_grad()
+def latent_codes(model: Model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means of ``images``, computed in batches on the model's device."""
+    device = model.device
+    return torch.cat(
+        [
+            model.encode(images[i : i + batch_size].to(device)).mean.float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The codes themselves when 2-D, else their first two principal components."""
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1), "z"
+    if codes.shape[1] == 2:
+        return codes, "z"
+    centred = codes - codes.mean(0)
+    _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+    return centred @ v[:, :2], "PC"
+
+
+@torch.no_grad()
+def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0) -> None:
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    save_image(model.sample(n, generator).float().cpu(), path, nrow=8, padding=2, pad_value=0.5)
+
+
+def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -> None:
+    points, axis = project_2d(latent_codes(model, data.images[:n]))
+    labels = data.labels[:n].cpu()
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
+    if data.classes:
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(i)), label=name)
+            for i, name in enumerate(data.classes)
+            if (labels == i).any()
+        ]
+        ax.legend(handles=handles, title="label", fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    what = "latent codes" if axis == "z" else "latent codes, first two principal components"
+    ax.set(xlabel=f"{axis}1", ylabel=f"{axis}2", title=f"{model.name}: test-set {what}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def save_reconstructions(model: Model, images: torch.Tensor, path: Path, n: int = 16) -> None:
+    x = images[:n].to(model.device)
+    _rows(path, [x, model.reconstruct(x)])
+
+
+@torch.no_grad()
+def save_denoising(
+    model: Model, images: torch.Tensor, noise: NoiseTransform, path: Path, n: int = 16, seed: int = 0
+) -> None:
+    x = images[:n].to(model.device)
+    noisy = noise(x, torch.Generator(device=model.device).manual_seed(seed))
+    _rows(path, [x, noisy, model.reconstruct(noisy)])
+
+
+@torch.no_grad()
+def save_interpolation(model: Model, images: torch.Tensor, path: Path, steps: int = 10, pairs: int = 4) -> None:
+    """Each row walks linearly in latent space between two test images (the ends are their reconstructions)."""
+    rows = []
+    for i in range(pairs):
+        ends = images[[2 * i, 2 * i + 1]].to(model.device)
+        z = model.encode(ends).mean
+        t = torch.linspace(0, 1, steps, device=z.device)[:, None]
+        rows.append(torch.cat([ends[:1], model.decode((1 - t) * z[0] + t * z[1]), ends[1:]]))
+    _rows(path, rows)
+
+
+def save_loss_curves(history: list[dict[str, Any]], path: Path) -> None:
+    epochs = [r["epoch"] for r in history]
+    terms = sorted({k[len("train_") :] for r in history for k in r if k.startswith("train_") and k != "train_seconds"})
+    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4), dpi=110, squeeze=False)
+    for ax, term in zip(axes[0], terms, strict=True):
+        for split, style in (("train", "-o"), ("test", "--s")):
+            values = [r.get(f"{split}_{term}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, ms=3, label=split)
+        ax.set(title=term, xlabel="epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_pictures(
+    model: Model, test: ImageData, history: list[dict[str, Any]], noise: NoiseTransform, out: Path
+) -> list[Path]:
+    """Write every picture of a run into ``out``; returns their paths."""
+    model.eval()
+    paths = {
+        name: out / f"{name}.png"
+        for name in ("samples", "latent", "reconstructions", "denoising", "interpolation", "loss")
+    }
+    save_samples(model, paths["samples"])
+    save_latent_plot(model, test, paths["latent"])
+    save_reconstructions(model, test.images, paths["reconstructions"])
+    save_denoising(model, test.images, noise, paths["denoising"])
+    if len(test) >= 8:
+        save_interpolation(model, test.images, paths["interpolation"])
+    else:
+        paths.pop("interpolation")
+    if history:
+        save_loss_curves(history, paths["loss"])
+    else:
+        paths.pop("loss")
+    return list(paths.values())

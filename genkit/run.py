@@ -1,0 +1,178 @@
+"""A run: train a registered model on a dataset and write everything a user wants to see into one folder."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genkit import __version__, report
+from genkit.checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    build_model_from_config,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    save_weights,
+    write_json,
+)
+from genkit.data import ImageData, load_dataset
+from genkit.errors import CheckpointError, ConfigError, RunExistsError, TrainingError
+from genkit.model import Model
+from genkit.registry import get_model, get_noise
+from genkit.train import Callback, TrainConfig, Trainer
+
+#: Noise used for the denoising picture and PSNR when the model was not trained with noise.
+DEFAULT_EVAL_NOISE = "gaussian:0.5"
+GENKIT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
+
+Log = Callable[[str], None]
+
+
+class CheckpointEveryEpoch(Callback):
+    """Writes checkpoint, weights and metrics after every epoch (each file by write-then-rename)."""
+
+    def __init__(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.summary = summary
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, trainer.state_dict())
+        save_weights(trainer.model, self.run_dir / WEIGHTS_FILE)
+        write_json(self.run_dir / METRICS_FILE, {**self.summary, "epochs": trainer.history})
+
+
+def new_run_dir(model: str, dataset: str, out: str | os.PathLike[str] | None, overwrite: bool) -> Path:
+    """The folder for a new run; an explicit ``out`` that holds files is refused unless ``overwrite``."""
+    if out is None:
+        base = Path("runs") / f"{model}-{Path(dataset).name}"
+        candidate, i = base, 1
+        while candidate.exists() and any(candidate.iterdir()):
+            i += 1
+            candidate = base.with_name(f"{base.name}-{i}")
+        out = candidate
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} exists and is not a folder: choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} already exists and is not empty: pass --overwrite, choose another --out, or --resume it"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _load_data(dataset: str, data_dir: str | None, model: Model, limit: int | None) -> tuple[ImageData, ImageData]:
+    train, test = load_dataset(dataset, data_dir, model.config.image_size, model.config.image_channels)
+    for split in (train, test):
+        if not torch.isfinite(split.images).all():
+            raise ConfigError(f"dataset {dataset} contains NaN or infinite pixel values")
+    return train.subset(limit), test.subset(limit)
+
+
+def start_run(
+    model_name: str,
+    model_options: dict[str, Any] | None = None,
+    train: TrainConfig | None = None,
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+    log: Log = print,
+) -> Path:
+    """Train ``model_name`` from scratch and write a run folder; returns its path."""
+    train = train or TrainConfig()
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"limit must be positive, got {limit}")
+    torch.manual_seed(train.seed)
+    model = get_model(model_name, **(model_options or {}))
+    train_data, test_data = _load_data(dataset, data_dir, model, limit)
+    run_dir = new_run_dir(model_name, dataset, out, overwrite)
+    config = {
+        "genkit_version": __version__,
+        "model": model_name,
+        "model_config": model.config.to_dict(),
+        "prior": None,
+        "train": train.to_dict(),
+        "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit},
+    }
+    write_json(run_dir / CONFIG_FILE, config)
+    return _train_and_report(run_dir, config, model, Trainer(model, train), train_data, test_data, log)
+
+
+def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: Log = print) -> Path:
+    """Continue a run from its last checkpoint (optionally to a new number of ``epochs``)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CheckpointError(f"run folder {run} does not exist")
+    config = read_json(run / CONFIG_FILE)
+    try:
+        train = TrainConfig.from_dict({**config["train"], **({"epochs": epochs} if epochs else {})})
+        data = config["data"]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{run / CONFIG_FILE} is incomplete ({exc}); start a new run") from None
+    model = build_model_from_config(config, run / CONFIG_FILE)
+    trainer = Trainer(model, train)
+    state = load_checkpoint(run / CHECKPOINT_FILE)
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{run / CHECKPOINT_FILE} does not fit this run's model ({type(exc).__name__})") from None
+    if epochs:
+        config["train"]["epochs"] = epochs
+        write_json(run / CONFIG_FILE, config)
+    log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}")
+    train_data, test_data = _load_data(data["dataset"], data.get("data_dir"), model, data.get("limit"))
+    return _train_and_report(run, config, model, trainer, train_data, test_data, log)
+
+
+def _train_and_report(
+    run_dir: Path, config: dict[str, Any], model: Model, trainer: Trainer, train: ImageData, test: ImageData, log: Log
+) -> Path:
+    summary = {
+        "model": config["model"],
+        "dataset": config["data"]["dataset"],
+        "device": str(trainer.device),
+        "device_name": torch.cuda.get_device_name(trainer.device)
+        if trainer.device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "train_images": len(train),
+        "test_images": len(test),
+    }
+    trainer.callbacks.append(CheckpointEveryEpoch(run_dir, summary))
+    log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
+    started = time.perf_counter()
+    try:
+        history = trainer.fit(train, test)
+    except TrainingError as exc:
+        kept = f"the checkpoint of epoch {trainer.epoch} is kept" if trainer.epoch else "no epoch finished"
+        write_json(run_dir / METRICS_FILE, {**summary, "epochs": trainer.history, "stopped": str(exc)})
+        raise TrainingError(f"{exc}; {kept} in {run_dir} (continue with --resume {run_dir})") from None
+    noise = get_noise(config["train"]["noise"] or DEFAULT_EVAL_NOISE)
+    final = trainer.evaluate(test, noise) if len(test) else {}
+    seconds = sum(r["train_seconds"] for r in history)
+    metrics = {
+        **summary,
+        "epochs": history,
+        "test": {**final, "noise": noise.spec},
+        "train_seconds": seconds,
+        "images_per_second": len(train) * len(history) / seconds if seconds else None,
+        "wall_seconds_this_session": time.perf_counter() - started,
+    }
+    write_json(run_dir / METRICS_FILE, metrics)
+    report.write_pictures(model, test, history, noise, run_dir)
+    if final:
+        log(
+            f"done: test MSE {final['mse']:.5f}, PSNR {final['psnr_noisy']:.1f} dB noisy -> "
+            f"{final['psnr_denoised']:.1f} dB denoised ({noise.spec}); files in {run_dir}"
+        )
+    return run_dir
