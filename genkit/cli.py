@@ -12,11 +12,10 @@ from typing import Any
 import click
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from genkit import registry, report
 from genkit.checkpoint import load_model
-from genkit.data import DATA_ENV, load_images
+from genkit.data import DATA_ENV, load_images, save_png
 from genkit.errors import DataError, GenkitError, ShapeError
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
@@ -174,8 +173,8 @@ def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: st
     for path, noisy_image, clean_image in zip(images, noisy, denoised, strict=True):
         stem = Path(path).stem
         if noise:
-            save_image(noisy_image, out / f"{stem}-noisy.png")
-        save_image(clean_image, out / f"{stem}-denoised.png")
+            save_png(noisy_image, out / f"{stem}-noisy.png")
+        save_png(clean_image, out / f"{stem}-denoised.png")
     if noise:
         click.echo(f"PSNR {psnr(noisy, batch):.2f} dB noisy -> {psnr(denoised, batch):.2f} dB denoised ({noise})")
     click.echo(f"wrote {len(images)} denoised image(s) to {out}")
@@ -213,7 +212,7 @@ def decode(run_dir: str, codes: str, output: str) -> None:
     with torch.no_grad():
         decoded = model.decode(z)
     for name, image in zip(names, decoded, strict=True):
-        save_image(image, out / f"{Path(name).stem}.png")
+        save_png(image, out / f"{Path(name).stem}.png")
     click.echo(f"wrote {len(names)} image(s) to {out}")
 
 

@@ -6,6 +6,7 @@ import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,6 +178,8 @@ def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -
                 img = img.convert("RGB") if img.mode == "P" else img
                 bands = [b for b in img.getbands() if b != "A"]
                 have = 1 if len(bands) == 1 else 3
+                if have == 3 and channels == 1 and _is_gray(img):
+                    have = 1  # an RGB file holding a grayscale picture
                 if have != channels or img.size != (image_size, image_size):
                     kind = {1: "grayscale", 3: "RGB"}
                     want = kind.get(channels, f"{channels}-channel")
@@ -190,3 +193,15 @@ def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
     return torch.stack(batch).float().div_(255.0)
+
+
+def _is_gray(img: Any) -> bool:
+    r, g, b = img.convert("RGB").split()
+    return r.tobytes() == g.tobytes() == b.tobytes()
+
+
+def save_png(image: Tensor, path: str | os.PathLike[str]) -> None:
+    """One (C, H, W) image in [0, 1] as PNG: grayscale stays one channel (unlike torchvision's save_image)."""
+    from torchvision.transforms.functional import to_pil_image
+
+    to_pil_image(image.detach().float().clamp(0, 1).cpu()).save(path)

@@ -89,7 +89,7 @@ def save_denoising(
 def save_interpolation(model: Model, images: torch.Tensor, path: Path, steps: int = 10, pairs: int = 4) -> None:
     """Each row walks linearly in latent space between two test images (the ends are their reconstructions)."""
     rows = []
-    for i in range(pairs):
+    for i in range(min(pairs, len(images) // 2)):
         ends = images[[2 * i, 2 * i + 1]].to(model.device)
         z = model.encode(ends).mean
         t = torch.linspace(0, 1, steps, device=z.device)[:, None]
@@ -126,7 +126,7 @@ def write_pictures(
     save_latent_plot(model, test, paths["latent"])
     save_reconstructions(model, test.images, paths["reconstructions"])
     save_denoising(model, test.images, noise, paths["denoising"])
-    if len(test) >= 8:
+    if len(test) >= 2:
         save_interpolation(model, test.images, paths["interpolation"])
     else:
         paths.pop("interpolation")

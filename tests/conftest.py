@@ -65,3 +65,16 @@ def tiny_images() -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
     d2 = (yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2
     return torch.exp(-d2 / 18.0).unsqueeze(1)
+
+
+@pytest.fixture
+def image_folder(tmp_path, tiny_images) -> Path:
+    """A folder of 64 PNG images in two class sub-folders (a user's own dataset)."""
+    from torchvision.utils import save_image
+
+    root = tmp_path / "images"
+    for i, image in enumerate(tiny_images):
+        folder = root / ("left" if i % 2 else "right")
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(image, folder / f"{i:03d}.png")
+    return root

@@ -1,0 +1,119 @@
+"""`genkit run` and the verbs on a finished run, through the real CLI entry point."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.utils import save_image
+
+from genkit.cli import main
+
+RUN_FILES = {
+    "config.json",
+    "model.safetensors",
+    "checkpoint.pt",
+    "metrics.json",
+    "samples.png",
+    "latent.png",
+    "reconstructions.png",
+    "denoising.png",
+    "interpolation.png",
+    "loss.png",
+}
+SMALL = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "2", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One small run of vae-conv (latent 2) on generated images, shared by the verb tests."""
+    from tests.conftest import ROOT  # noqa: F401  (keeps the import path of the test package)
+
+    tmp = tmp_path_factory.mktemp("cli")
+    g = torch.Generator().manual_seed(0)
+    images = tmp / "images"
+    images.mkdir()
+    for i in range(48):
+        save_image(torch.rand(1, 28, 28, generator=g) * (i % 3) / 2, images / f"{i:02d}.png")
+    run_dir = tmp / "run"
+    code = main(["run", "vae-conv", "--latent", "2", "--dataset", str(images), "--out", str(run_dir), *SMALL])
+    assert code == 0
+    return run_dir, images
+
+
+def test_run_writes_every_file(finished_run):
+    run_dir, _ = finished_run
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+    assert {"mse", "psnr_noisy", "psnr_denoised", "noise"} <= set(metrics["test"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "vae-conv" and config["model_config"]["latent"] == 2
+    for name in RUN_FILES:
+        if name.endswith(".png"):
+            assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_verb(finished_run, tmp_path, capsys):
+    run_dir, _ = finished_run
+    assert main(["sample", str(run_dir), "-n", "9", "-o", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file() and "wrote 9 samples" in capsys.readouterr().out
+
+
+def test_encode_decode_round_trip_reports_rate(finished_run, tmp_path, capsys):
+    run_dir, images = finished_run
+    files = sorted(str(p) for p in images.iterdir())[:5]
+    codes = tmp_path / "codes.npz"
+    assert main(["encode", str(run_dir), *files, "-o", str(codes)]) == 0
+    out = capsys.readouterr().out
+    # latent 2 as float16 = 4 bytes against 784 raw 8-bit pixels
+    assert "4 bytes/image vs 784 raw (196.0x smaller)" in out and "reconstruction PSNR" in out
+    with np.load(codes) as data:
+        assert data["codes"].shape == (5, 2) and data["codes"].dtype == np.float16
+    assert main(["decode", str(run_dir), str(codes), "-o", str(tmp_path / "dec")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(p.split("/")[-1] for p in files)
+
+
+def test_denoise_verb_reports_psnr(finished_run, tmp_path, capsys):
+    run_dir, images = finished_run
+    files = sorted(str(p) for p in images.iterdir())[:3]
+    assert main(["denoise", str(run_dir), *files, "--noise", "gaussian:0.5", "-o", str(tmp_path / "d")]) == 0
+    assert "dB noisy ->" in capsys.readouterr().out
+    assert len(list((tmp_path / "d").glob("*-denoised.png"))) == 3
+
+
+def test_wrong_image_size_is_one_line(finished_run, tmp_path, capsys):
+    run_dir, _ = finished_run
+    save_image(torch.rand(3, 32, 32), tmp_path / "big.png")
+    assert main(["encode", str(run_dir), str(tmp_path / "big.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is 32x32 RGB, but the model takes 28x28 grayscale" in err
+
+
+def test_resume_extends_a_finished_run(finished_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run[0], run_dir)
+    assert main(["run", "--resume", str(run_dir), "--epochs", "3", "--quiet"]) == 0
+    assert "after epoch 2 of 3" in capsys.readouterr().out
+    assert len(json.loads((run_dir / "metrics.json").read_text())["epochs"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "vae-conv", "--latent", "0"], "'--latent': 0 is not in the range x>=1"),
+        (["run", "vae-conv", "--epochs", "-1"], "'--epochs'"),
+        (["run", "vae-cnv"], "did you mean vae-conv"),
+        (["run", "vae-conv", "--noise", "gaussian"], "write NAME:LEVEL"),
+        (["run", "vae-conv", "--dataset", "/nonexistent/folder"], "unknown dataset"),
+        (["run"], "name a MODEL"),
+        (["run", "--resume", "/nonexistent/run"], "does not exist"),
+        (["sample", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

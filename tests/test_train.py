@@ -1,0 +1,177 @@
+import json
+
+import pytest
+import torch
+
+import genkit
+from genkit.checkpoint import load_checkpoint, load_model
+from genkit.data import ImageData, load_dataset
+from genkit.run import resume_run, start_run
+from genkit.train import TrainConfig, Trainer
+from tests.conftest import write_distribution
+
+QUIET = {"progress": False}
+
+
+def data_of(images):
+    return ImageData(images, torch.zeros(len(images), dtype=torch.long))
+
+
+def test_loss_falls_on_generated_tensors(tiny_images):
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=4, channels=8, hidden=32)
+    trainer = Trainer(model, TrainConfig(epochs=8, batch_size=16, lr=3e-3, **QUIET))
+    history = trainer.fit(data_of(tiny_images), data_of(tiny_images[:16]))
+    losses = [r["train_loss"] for r in history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert history[-1]["test_mse"] < history[0]["test_mse"]
+    assert set(history[0]) >= {"train_reconstruction", "train_kl", "test_loss", "test_mse", "images_per_second"}
+
+
+def test_loss_falls_on_real_mnist(data_dir):
+    train, test = load_dataset("mnist", data_dir)
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=10, channels=16)
+    trainer = Trainer(model, TrainConfig(epochs=2, batch_size=32, lr=2e-3, **QUIET))
+    history = trainer.fit(train.subset(5000), test.subset(500))
+    assert history[1]["test_loss"] < history[0]["test_loss"]
+    # predicting the mean image gives a test MSE of about 0.067; a learning model goes well below
+    assert history[1]["test_mse"] < 0.05
+
+
+def test_training_is_deterministic_on_cpu(tiny_images):
+    def train_once():
+        torch.manual_seed(3)
+        model = genkit.get_model("vae-conv", latent=3, channels=4, hidden=16)
+        Trainer(model, TrainConfig(epochs=2, batch_size=16, seed=3, noise="gaussian:0.2", **QUIET)).fit(
+            data_of(tiny_images)
+        )
+        return model.state_dict()
+
+    a, b = train_once(), train_once()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kl_warmup_weight():
+    trainer = Trainer(genkit.get_model("vae-conv"), TrainConfig(kl_warmup=4, **QUIET))
+    assert [trainer.kl_weight(p) for p in (0, 1, 2, 4, 9)] == [0, 0.25, 0.5, 1, 1]
+    assert Trainer(genkit.get_model("vae-conv"), TrainConfig(**QUIET)).kl_weight(0) == 1
+
+
+def test_denoising_training_uses_noisy_inputs_and_clean_targets(tiny_images):
+    seen = {}
+    model = genkit.get_model("ae", latent=4, channels=4, hidden=16)
+    original = model.loss
+
+    def spy(x, target=None):
+        seen["x"], seen["target"] = x, target
+        return original(x, target)
+
+    model.loss = spy
+    Trainer(model, TrainConfig(epochs=1, batch_size=64, noise="masking:0.5", **QUIET)).fit(data_of(tiny_images))
+    assert (seen["x"] == 0).float().mean() > 0.4
+    assert seen["target"].min() >= 0 and not torch.equal(seen["x"], seen["target"])
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_path):
+    options = {"latent": 3, "channels": 4, "hidden": 16}
+    full = start_run(
+        "vae-conv",
+        options,
+        TrainConfig(epochs=3, batch_size=16, **QUIET),
+        str(image_folder),
+        out=tmp_path / "full",
+        log=lambda _: None,
+    )
+    part = start_run(
+        "vae-conv",
+        options,
+        TrainConfig(epochs=1, batch_size=16, **QUIET),
+        str(image_folder),
+        out=tmp_path / "part",
+        log=lambda _: None,
+    )
+    assert load_checkpoint(part / "checkpoint.pt")["epoch"] == 1
+    resume_run(part, epochs=3, log=lambda _: None)
+    a, b = load_model(full).state_dict(), load_model(part).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    history = json.loads((part / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+NAN_PLUGIN = """
+    import torch
+    from genkit_plugins.vae import ConvVAE
+
+    class NaNAfterEpoch(ConvVAE):
+        '''A VAE whose loss turns NaN at epoch 2, step 3 (for testing).'''
+
+        calls = 0
+
+        def loss(self, x, target=None):
+            out = super().loss(x, target)
+            if not self.training:
+                return out
+            type(self).calls += 1
+            if type(self).calls == 4 + 3:  # 4 steps per epoch: 58 training images in batches of 16
+                out.terms["reconstruction"] = out.terms["reconstruction"] * float("nan")
+            return out
+"""
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(plugin_site, image_folder, tmp_path):
+    write_distribution(
+        plugin_site, "nan-pkg", {"genkit.models": {"nan-vae": "fake_nan:NaNAfterEpoch"}}, {"fake_nan": NAN_PLUGIN}
+    )
+    out = tmp_path / "run"
+    config = TrainConfig(epochs=3, batch_size=16, **QUIET)
+    options = {"latent": 3, "channels": 4, "hidden": 16}
+    with pytest.raises(
+        genkit.TrainingError, match=r"loss became nan at epoch 2, step 3.*checkpoint of epoch 1 is kept"
+    ):
+        start_run("nan-vae", options, config, str(image_folder), out=out, limit=None, log=lambda _: None)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    model = load_model(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert "stopped" in json.loads((out / "metrics.json").read_text())
+
+
+def test_run_refuses_existing_folder(image_folder, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(genkit.RunExistsError, match="--overwrite"):
+        start_run("ae", {"channels": 4}, TrainConfig(epochs=1, **QUIET), str(image_folder), out=out, log=lambda _: None)
+    start_run(
+        "ae",
+        {"channels": 4},
+        TrainConfig(epochs=1, **QUIET),
+        str(image_folder),
+        out=out,
+        overwrite=True,
+        log=lambda _: None,
+    )
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert (out / "model.safetensors").is_file()
+
+
+def test_image_folder_dataset(image_folder):
+    train, test = load_dataset(str(image_folder), image_size=16, channels=3)
+    assert train.images.shape[1:] == (3, 16, 16) and len(train) + len(test) == 64
+    assert train.classes == ["left", "right"] and set(train.labels.tolist()) == {0, 1}
+    empty = image_folder.parent / "empty"
+    empty.mkdir()
+    with pytest.raises(genkit.DataError, match="no images"):
+        load_dataset(str(empty))
+
+
+def test_missing_dataset_without_network_is_one_clear_line(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(genkit.DataError, match=r"could not be downloaded.*put train-images-idx3-ubyte.gz"):
+        load_dataset("mnist", tmp_path)
