@@ -20,7 +20,7 @@ from genkit.errors import DataError, GenkitError, ShapeError
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
 from genkit.registry import get_noise
-from genkit.run import resume_run, start_run
+from genkit.run import fitted_prior, resume_run, start_run
 from genkit.train import TrainConfig
 
 KINDS = {"models": registry.models, "priors": registry.priors, "losses": registry.losses, "noise": registry.noise}
@@ -146,10 +146,19 @@ def run(
 @click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-N.png].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample(run_dir: str, count: int, output: str | None, seed: int) -> None:
+@click.option(
+    "--prior",
+    default="normal",
+    show_default=True,
+    help="Prior to sample from; e.g. gmm is fitted to the training codes.",
+)
+@click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit a prior).")
+def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str, data_dir: str | None) -> None:
     """Draw samples from a trained run's prior into a PNG grid."""
     model = load_model(run_dir)
-    path = Path(output or Path(run_dir) / f"samples-{count}.png")
+    if prior != "normal":
+        click.echo(f"{prior} prior: {fitted_prior(run_dir, model, prior, data_dir)}")
+    path = Path(output or Path(run_dir) / f"samples-{prior}-{count}.png")
     report.save_samples(model, path, n=count, seed=seed)
     click.echo(f"wrote {count} samples to {path}")
 

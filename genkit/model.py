@@ -88,6 +88,14 @@ class Model(nn.Module):
         return self.decode(self.encode(x).mean)
 
     @torch.no_grad()
+    def codes(self, images: Tensor, batch_size: int = 1000) -> Tensor:
+        """Posterior means of ``images`` (on any device), computed in batches on the model's device."""
+        device = self.device
+        return torch.cat(
+            [self.encode(images[i : i + batch_size].to(device)).mean.float() for i in range(0, len(images), batch_size)]
+        )
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` images drawn from the prior."""
         return self.decode(self.prior.sample(n, generator))

@@ -52,7 +52,7 @@ def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0) -> None:
 
 
 def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -> None:
-    points, axis = project_2d(latent_codes(model, data.images[:n]))
+    points, axis = project_2d(model.codes(data.images[:n]).cpu())
     labels = data.labels[:n].cpu()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)

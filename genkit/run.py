@@ -17,6 +17,7 @@ from genkit.checkpoint import (
     CONFIG_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
+    atomic_write,
     build_model_from_config,
     load_checkpoint,
     read_json,
@@ -176,3 +177,33 @@ def _train_and_report(
             f"{final['psnr_denoised']:.1f} dB denoised ({noise.spec}); files in {run_dir}"
         )
     return run_dir
+
+
+def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_dir: str | None = None) -> Path:
+    """Install the prior ``name`` on a run's model, fitted to its training codes (cached as ``prior-NAME.safetensors``).
+
+    ``normal`` keeps the model's own prior. Returns the path of the cached prior file.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from genkit.priors import fit_prior
+    from genkit.registry import get_prior
+
+    run = Path(run_dir)
+    path = run / f"prior-{name}.safetensors"
+    if path.is_file():
+        prior = get_prior(name, model.config.latent)
+        try:
+            prior.load_state_dict(load_file(str(path)))
+        except Exception as exc:  # a stale or damaged cache is refitted, not fatal
+            print(f"refitting {name} prior: {path} unusable ({type(exc).__name__})")
+        else:
+            model.prior = prior.to(model.device)
+            return path
+    config = read_json(run / CONFIG_FILE)
+    data = config.get("data") or {}
+    train, _ = _load_data(data.get("dataset", "mnist"), data_dir or data.get("data_dir"), model, data.get("limit"))
+    prior = fit_prior(model, name, train.images)
+    state = {k: v.detach().contiguous().cpu() for k, v in prior.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    return path

@@ -1,0 +1,226 @@
+"""Quality benchmark: train each chosen model under one fixed protocol and score it.
+
+    python -m benchmarks.suite --protocol full  --dataset mnist          # meant for a GPU
+    python -m benchmarks.suite --protocol quick --dataset mnist          # a few minutes on a 2-core CPU
+
+Scores: test reconstruction MSE (posterior mean, whole test split), denoising PSNR for the noisy input
+and the model's output per noise type and level, sample FID (pytorch-fid InceptionV3) with the N(0, I)
+prior and with a GMM fitted to the training codes, wall time and images/s. Results go to
+``benchmarks/results/<dataset>-<device>[-quick].json`` and a markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import genkit
+from genkit import fid, metrics
+from genkit.data import ImageData, load_dataset
+from genkit.priors import fit_prior
+from genkit.train import TrainConfig, Trainer
+
+RESULTS = Path(__file__).parent / "results"
+DENOISING = ("gaussian:0.3", "gaussian:0.5", "gaussian:0.7", "salt-pepper:0.1", "salt-pepper:0.3", "masking:0.5")
+
+
+@dataclass
+class Entry:
+    """One row of the table: a registered model, its options, and the noise it is trained with (if any)."""
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    noise: str | None = None
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.options.items())
+        return f"{self.model}{extra}" + (f" (trained on {self.noise})" if self.noise else "")
+
+
+@dataclass
+class Protocol:
+    """Everything that fixes a benchmark's numbers."""
+
+    name: str
+    dataset: str = "mnist"
+    latent: int = 16
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    fid_samples: int = 10_000
+    train_limit: int | None = None
+    test_limit: int | None = None
+    gmm_components: int = 10
+    entries: list[Entry] = field(default_factory=list)
+
+
+PROTOCOLS = {
+    "full": Protocol(
+        "full",
+        entries=[
+            Entry("ae"),
+            Entry("vae-conv"),
+            Entry("beta-vae", {"beta": 2.0}),
+            Entry("ae", noise="gaussian:0.5"),
+            Entry("vae-conv", noise="gaussian:0.5"),
+        ],
+    ),
+    "quick": Protocol(
+        "quick",
+        epochs=1,
+        train_limit=5000,
+        test_limit=500,
+        fid_samples=200,
+        entries=[Entry("ae"), Entry("vae-conv"), Entry("ae", noise="gaussian:0.5")],
+    ),
+}
+
+
+def score(
+    model: genkit.Model, train: ImageData, test: ImageData, protocol: Protocol, reference: tuple
+) -> dict[str, Any]:
+    """MSE, denoising PSNR and FID (N(0, I) and GMM priors) of a trained model."""
+    model.eval()
+    device = model.device
+    result: dict[str, Any] = {}
+    with torch.no_grad():
+        recon = torch.cat(
+            [model.reconstruct(test.images[i : i + 1000].to(device)).cpu() for i in range(0, len(test), 1000)]
+        )
+        result["test_mse"] = metrics.mse(recon, test.images)
+        result["psnr"] = {}
+        for spec in DENOISING:
+            noise = genkit.get_noise(spec)
+            generator = genkit.seeded_generator(protocol.seed, device)
+            noisy = torch.cat(
+                [noise(test.images[i : i + 1000].to(device), generator) for i in range(0, len(test), 1000)]
+            )
+            out = torch.cat([model.reconstruct(noisy[i : i + 1000]) for i in range(0, len(noisy), 1000)])
+            clean = test.images.to(device)
+            result["psnr"][spec] = {"noisy": metrics.psnr(noisy, clean), "output": metrics.psnr(out, clean)}
+    result["fid"] = {}
+    for prior in ("normal", "gmm"):
+        if prior == "gmm":
+            fit_prior(model, "gmm", train.images, components=protocol.gmm_components)
+        generator = genkit.seeded_generator(protocol.seed, device)
+        with torch.no_grad():
+            samples = torch.cat(
+                [
+                    model.sample(min(1000, protocol.fid_samples - i), generator).cpu()
+                    for i in range(0, protocol.fid_samples, 1000)
+                ]
+            )
+        mu, sigma = fid.feature_statistics(samples, device=device)
+        result["fid"][prior] = fid.frechet_distance(mu, sigma, *reference)
+    return result
+
+
+def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
+    train, test = load_dataset(protocol.dataset)
+    train, test = train.subset(protocol.train_limit), test.subset(protocol.test_limit)
+    n_ref = min(len(test), protocol.fid_samples)
+    key = f"{protocol.dataset}-test-{n_ref}"
+    reference = fid.reference_statistics(key, test.images[:n_ref], device=device)
+    rows = []
+    for entry in protocol.entries:
+        print(f"== {entry.label}", flush=True)
+        torch.manual_seed(protocol.seed)
+        model = genkit.get_model(entry.model, latent=protocol.latent, **entry.options)
+        config = TrainConfig(
+            epochs=protocol.epochs,
+            batch_size=protocol.batch_size,
+            lr=protocol.lr,
+            seed=protocol.seed,
+            device=str(device),
+            noise=entry.noise,
+            progress=sys.stderr.isatty(),
+        )
+        started = time.perf_counter()
+        history = Trainer(model, config).fit(train)
+        wall = time.perf_counter() - started
+        train_seconds = sum(r["train_seconds"] for r in history)
+        row = {
+            "label": entry.label,
+            "model": entry.model,
+            "options": entry.options,
+            "train_noise": entry.noise,
+            "wall_seconds": wall,
+            "images_per_second": len(train) * len(history) / train_seconds,
+            **score(model, train, test, protocol, reference),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    record = {
+        "protocol": asdict(protocol) | {"entries": [asdict(e) for e in protocol.entries]},
+        "fid_protocol": fid.protocol()
+        | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "genkit": genkit.__version__,
+        "results": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+    return record
+
+
+def markdown(record: dict[str, Any]) -> str:
+    p = record["protocol"]
+    lines = [
+        f"# {p['dataset']} — protocol `{p['name']}` on {record['device_name']} ({record['device']})",
+        "",
+        f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']}, seed {p['seed']}, "
+        f"train images {p['train_limit'] or 'all'}, test images {p['test_limit'] or 'all'}; "
+        f"FID: {record['fid_protocol']['samples']} samples vs {record['fid_protocol']['reference']}, "
+        f"{record['fid_protocol']['implementation']}; PSNR in dB (noisy input → model output).",
+        "",
+        "| model | test MSE | FID N(0,I) | FID GMM | "
+        + " | ".join(f"PSNR {s}" for s in DENOISING)
+        + " | img/s | wall s |",
+        "|---" * (6 + len(DENOISING)) + "|",
+    ]
+    for r in record["results"]:
+        psnr = " | ".join(f"{r['psnr'][s]['noisy']:.1f} → {r['psnr'][s]['output']:.1f}" for s in DENOISING)
+        lines.append(
+            f"| {r['label']} | {r['test_mse']:.4f} | {r['fid']['normal']:.1f} | {r['fid']['gmm']:.1f} | {psnr} "
+            f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="quick")
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", help="comma-separated subset of the protocol's model names")
+    args = parser.parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]
+    protocol.dataset = args.dataset
+    if args.models:
+        wanted = set(args.models.split(","))
+        protocol.entries = [e for e in protocol.entries if e.model in wanted]
+    from genkit.train import select_device
+
+    device = select_device(args.device)
+    suffix = "" if protocol.name == "full" else f"-{protocol.name}"
+    run(protocol, device, RESULTS / f"{args.dataset}-{device.type}{suffix}.json")
+
+
+if __name__ == "__main__":
+    main()
