@@ -48,3 +48,17 @@ def bench(session: nox.Session) -> None:
 def bench_quick(session: nox.Session) -> None:
     """Small protocol that finishes on a 2-core CPU in a few minutes (MNIST unless datasets are given)."""
     _bench(session, "quick", ["mnist"])
+
+
+@nox.session
+def speed(session: nox.Session) -> None:
+    """Training speed: a plain DataLoader loop against genkit's trainer (pass --device cuda on a GPU)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "benchmarks.speed", *session.posargs)
+
+
+@nox.session
+def scaling(session: nox.Session) -> None:
+    """DDP scaling efficiency, 1 vs N processes (default: 2 processes on the CPU)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "benchmarks.scaling", *session.posargs)

@@ -13,10 +13,10 @@ import click
 import numpy as np
 import torch
 
-from genkit import registry, report
+from genkit import distributed, registry, report
 from genkit.checkpoint import load_model
 from genkit.data import DATA_ENV, load_images, save_png
-from genkit.errors import DataError, GenkitError, ShapeError
+from genkit.errors import ConfigError, DataError, GenkitError, ShapeError
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
 from genkit.registry import get_noise
@@ -114,7 +114,10 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N training and N test images (quick runs).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--nproc", type=click.IntRange(min=1), help="Train with N processes (DDP through torchrun).")
+@click.pass_context
 def run(
+    ctx: click.Context,
     model: str | None,
     latent: int | None,
     beta: float | None,
@@ -126,9 +129,14 @@ def run(
     overwrite: bool,
     limit: int | None,
     quiet: bool,
+    nproc: int | None,
     **train: Any,
 ) -> None:
     """Train MODEL and write samples, latent plot, reconstructions, denoising, curves, weights and metrics."""
+    if nproc and nproc > 1 and not distributed.launched():
+        if (train["batch_size"] or TrainConfig.batch_size) % nproc:
+            raise ConfigError(f"batch size must be divisible by the {nproc} processes: change --batch-size or --nproc")
+        ctx.exit(_relaunch(nproc, (ctx.obj or {}).get("argv", sys.argv[1:])))
     if resume:
         if model or latent or beta or settings:
             raise click.UsageError("--resume continues a run as configured: give only --resume RUN_DIR [--epochs N]")
@@ -240,6 +248,21 @@ def read_codes(path: str, latent: int) -> tuple[torch.Tensor, list[str]]:
     return z, names
 
 
+def _relaunch(nproc: int, argv: list[str]) -> int:
+    """Run the same command under torchrun in ``nproc`` processes; returns its exit code."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    return subprocess.run(distributed.torchrun_command(nproc, args), check=False).returncode
+
+
 def _echo_error(message: str) -> None:
     click.echo(f"genkit: error: {message}", err=True)
 
@@ -249,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("GENKIT_DEBUG", "") not in ("", "0")
     try:
-        result = cli.main(args=args, prog_name="genkit", standalone_mode=False)
+        result = cli.main(args=args, prog_name="genkit", standalone_mode=False, obj={"argv": args})
         return result if isinstance(result, int) else 0
     except click.ClickException as exc:
         _echo_error(exc.format_message().replace("\n", " "))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from genkit import __version__, report
+from genkit import __version__, distributed, report
 from genkit.checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -26,7 +26,7 @@ from genkit.checkpoint import (
     write_json,
 )
 from genkit.data import ImageData, load_dataset
-from genkit.errors import CheckpointError, ConfigError, RunExistsError, TrainingError
+from genkit.errors import CheckpointError, ConfigError, GenkitError, RunExistsError, TrainingError
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
 from genkit.train import Callback, TrainConfig, Trainer
@@ -97,7 +97,8 @@ def start_run(
     torch.manual_seed(train.seed)
     model = get_model(model_name, **(model_options or {}))
     train_data, test_data = _load_data(dataset, data_dir, model, limit)
-    run_dir = new_run_dir(model_name, dataset, out, overwrite)
+    trainer = Trainer(model, train)  # joins the process group when launched by torchrun
+    run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite))
     config = {
         "genkit_version": __version__,
         "model": model_name,
@@ -106,8 +107,23 @@ def start_run(
         "train": train.to_dict(),
         "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit},
     }
-    write_json(run_dir / CONFIG_FILE, config)
-    return _train_and_report(run_dir, config, model, Trainer(model, train), train_data, test_data, log)
+    if distributed.is_main():
+        write_json(run_dir / CONFIG_FILE, config)
+    return _train_and_report(run_dir, config, model, trainer, train_data, test_data, log)
+
+
+def _on_main(make: Callable[[], Any]) -> Any:
+    """Run ``make`` on the main process only and hand its result (or its error) to every process."""
+    result: Any = None
+    if distributed.is_main():
+        try:
+            result = make()
+        except GenkitError as exc:
+            result = exc
+    result = distributed.broadcast(result)
+    if isinstance(result, GenkitError):
+        raise result
+    return result
 
 
 def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: Log = print) -> Path:
@@ -128,12 +144,16 @@ def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: 
         trainer.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{run / CHECKPOINT_FILE} does not fit this run's model ({type(exc).__name__})") from None
-    if epochs:
+    if epochs and distributed.is_main():
         config["train"]["epochs"] = epochs
         write_json(run / CONFIG_FILE, config)
     log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}")
     train_data, test_data = _load_data(data["dataset"], data.get("data_dir"), model, data.get("limit"))
     return _train_and_report(run, config, model, trainer, train_data, test_data, log)
+
+
+def _silent(message: str) -> None:
+    """Processes other than the main one print nothing."""
 
 
 def _train_and_report(
@@ -149,14 +169,19 @@ def _train_and_report(
         "train_images": len(train),
         "test_images": len(test),
     }
-    trainer.callbacks.append(CheckpointEveryEpoch(run_dir, summary))
+    if not distributed.is_main():
+        log = _silent
+    else:
+        trainer.callbacks.append(CheckpointEveryEpoch(run_dir, summary))
+    summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
     started = time.perf_counter()
     try:
         history = trainer.fit(train, test)
     except TrainingError as exc:
         kept = f"the checkpoint of epoch {trainer.epoch} is kept" if trainer.epoch else "no epoch finished"
-        write_json(run_dir / METRICS_FILE, {**summary, "epochs": trainer.history, "stopped": str(exc)})
+        if distributed.is_main():
+            write_json(run_dir / METRICS_FILE, {**summary, "epochs": trainer.history, "stopped": str(exc)})
         raise TrainingError(f"{exc}; {kept} in {run_dir} (continue with --resume {run_dir})") from None
     noise = get_noise(config["train"]["noise"] or DEFAULT_EVAL_NOISE)
     final = trainer.evaluate(test, noise) if len(test) else {}
@@ -169,6 +194,8 @@ def _train_and_report(
         "images_per_second": len(train) * len(history) / seconds if seconds else None,
         "wall_seconds_this_session": time.perf_counter() - started,
     }
+    if not distributed.is_main():
+        return run_dir
     write_json(run_dir / METRICS_FILE, metrics)
     report.write_pictures(model, test, history, noise, run_dir)
     if final:

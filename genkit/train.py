@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from genkit import metrics
+from genkit import distributed, metrics
 from genkit.data import ImageData
 from genkit.errors import ConfigError, TrainingError
 from genkit.model import Model
 from genkit.noise import NoiseTransform
+from genkit.parts import LossOutput
 from genkit.registry import get_noise
 
 
@@ -98,35 +101,34 @@ class Trainer:
 
     def __init__(self, model: Model, config: TrainConfig | None = None, callbacks: list[Callback] | None = None):
         self.config = config or TrainConfig()
-        self.device = select_device(self.config.device)
+        self.device = distributed.setup(self.config.device) or select_device(self.config.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.config.batch_size % self.world:
+            raise ConfigError(f"batch size {self.config.batch_size} must be divisible by the {self.world} processes")
         self.model = model.to(self.device)
         self.callbacks = list(callbacks or [])
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.lr, fused=fused or None)
         self.noise: NoiseTransform | None = get_noise(self.config.noise) if self.config.noise else None
-        # Separate generators so that shuffling and noise are reproducible whatever the model draws.
-        self.shuffle_rng = torch.Generator().manual_seed(self.config.seed)
-        self.noise_rng = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
-        self.compute_loss = torch.compile(model.loss) if self.config.compile else model.loss
+        loss_module: nn.Module = _LossModule(model)
+        if self.world > 1:
+            # PyTorch's own DDP: gradients are averaged across processes during backward.
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids)
+        self.loss_module = torch.compile(loss_module) if self.config.compile else loss_module
         use_amp = self.config.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
     # -- state for checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        rng = {
-            "torch": torch.get_rng_state(),
-            "shuffle": self.shuffle_rng.get_state(),
-            "noise": self.noise_rng.get_state(),
-        }
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        # No RNG state is needed: every epoch reseeds from (seed, epoch, rank), so a resumed run repeats
+        # exactly what an uninterrupted one does.
         return {
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng,
             "history": self.history,
         }
 
@@ -135,16 +137,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
-        rng = state.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "shuffle" in rng:
-            self.shuffle_rng.set_state(rng["shuffle"])
-        if "noise" in rng and self.device.type == "cpu":
-            self.noise_rng.set_state(rng["noise"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-            self.noise_rng.set_state(rng["noise"])
+
+    def _seed_epoch(self) -> tuple[torch.Generator, torch.Generator]:
+        """Generators for this epoch's shuffle (shared by all processes) and noise (per process)."""
+        base = self.config.seed * 1_000_003 + self.epoch
+        torch.manual_seed(base * 7 + 1 + self.rank)  # reparameterisation draws
+        shuffle = torch.Generator().manual_seed(base)
+        noise = torch.Generator(device=self.device).manual_seed(base * 7 + 2 + self.rank)
+        return shuffle, noise
 
     # -- training -------------------------------------------------------------------------------
     def kl_weight(self, progress: float) -> float:
@@ -179,18 +179,22 @@ class Trainer:
     def train_epoch(self, images: torch.Tensor) -> dict[str, float]:
         model, cfg = self.model, self.config
         model.train()
-        order = torch.randperm(images.shape[0], generator=self.shuffle_rng).to(self.device)
-        batches = order.split(cfg.batch_size)
+        shuffle_rng, noise_rng = self._seed_epoch()
+        order = torch.randperm(images.shape[0], generator=shuffle_rng).to(self.device)
+        # Every process walks the same global batches and trains on its own slice of each.
+        batches = [b for b in order.split(cfg.batch_size) if len(b) >= self.world]
         sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
-        for step, index in enumerate(bar):
+        show = cfg.progress and distributed.is_main()
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        for step, global_index in enumerate(bar):
+            index = global_index.tensor_split(self.world)[self.rank]
             clean = images[index]
-            noisy = self.noise(clean, self.noise_rng) if self.noise else clean
+            noisy = self.noise(clean, noise_rng) if self.noise else clean
             with self.autocast():
-                out = self.compute_loss(noisy, clean)
+                out = LossOutput(self.loss_module(noisy, clean))
             loss = out.weighted({"kl": self.kl_weight(self.epoch + step / len(batches))})
             # Stop before a non-finite loss can reach the weights: the last checkpoint stays good.
-            if not torch.isfinite(loss):
+            if not self._all_finite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}; "
                     "lower --lr or check the data for NaN/inf values"
@@ -199,13 +203,22 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             for name, value in out.terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach() * len(index)
-            if step % 20 == 0 and cfg.progress:
-                bar.set_postfix({k: f"{v.item() / ((step + 1) * cfg.batch_size):.2f}" for k, v in sums.items()})
-        n = images.shape[0]
-        terms = {name: value.item() / n for name, value in sums.items()}
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * len(index)
+            if step % 20 == 0 and show:
+                seen = (step + 1) * cfg.batch_size / self.world
+                bar.set_postfix({k: f"{v.item() / seen:.2f}" for k, v in sums.items()})
+        names = sorted(sums)
+        totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in names]).cpu() if names else torch.zeros(0))
+        n = sum(len(b) for b in batches)
+        terms = {name: value.item() / n for name, value in zip(names, totals, strict=True)}
         terms["loss"] = sum(terms.values())
         return terms
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.world > 1:  # every process must stop together, or the others wait forever in all-reduce
+            finite = distributed.all_reduce_sum(finite.cpu()) / self.world
+        return bool(finite.item() == 1.0)
 
     @torch.no_grad()
     def evaluate(self, data: ImageData, noise: NoiseTransform | None = None) -> dict[str, float]:
@@ -217,11 +230,11 @@ class Trainer:
         model = self.model
         model.eval()
         noise = noise or self.noise
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 2 + self.rank)
+        images = data.images[self.rank :: self.world]  # each process scores its shard; sums are reduced
         sums: dict[str, float] = {}
-        n = len(data)
-        for start in range(0, n, self.config.eval_batch_size):
-            clean = data.images[start : start + self.config.eval_batch_size].to(self.device)
+        for start in range(0, len(images), self.config.eval_batch_size):
+            clean = images[start : start + self.config.eval_batch_size].to(self.device)
             k = clean.shape[0]
             with self.autocast():
                 terms = model.loss(clean).terms
@@ -235,6 +248,19 @@ class Trainer:
                     denoised = model.reconstruct(noisy).float()
                 sums["psnr_noisy"] = sums.get("psnr_noisy", 0.0) + metrics.psnr(noisy, clean) * k
                 sums["psnr_denoised"] = sums.get("psnr_denoised", 0.0) + metrics.psnr(denoised, clean) * k
-        result = {name: value / n for name, value in sums.items()}
+        names = sorted(sums)
+        totals = distributed.all_reduce_sum(torch.tensor([sums[k] for k in names], dtype=torch.float64))
+        result = {name: value.item() / len(data) for name, value in zip(names, totals, strict=True)}
         result["loss"] = sum(v for k, v in result.items() if k not in ("mse", "psnr_noisy", "psnr_denoised"))
         return result
+
+
+class _LossModule(nn.Module):
+    """The model's loss as a module, so that DistributedDataParallel (and torch.compile) can wrap it."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.loss(x, target).terms
