@@ -62,3 +62,11 @@ def scaling(session: nox.Session) -> None:
     """DDP scaling efficiency, 1 vs N processes (default: 2 processes on the CPU)."""
     session.install(*CONSTRAINTS, "-e", ".")
     session.run("python", "-m", "benchmarks.scaling", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs with `mkdocs build --strict` (warnings are errors) and run every example in them."""
+    session.install(*CONSTRAINTS, "-e", ".[docs,dev]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
+    session.run("pytest", "tests/test_docs.py", "tests/test_external_project.py", *session.posargs)

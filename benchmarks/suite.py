@@ -77,9 +77,9 @@ PROTOCOLS = {
     ),
     "quick": Protocol(
         "quick",
-        epochs=1,
-        train_limit=5000,
-        test_limit=500,
+        epochs=3,
+        train_limit=10_000,
+        test_limit=1000,
         fid_samples=200,
         entries=[Entry("ae"), Entry("vae-conv"), Entry("ae", noise="gaussian:0.5")],
     ),
