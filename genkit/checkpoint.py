@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +21,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from genkit.errors import CheckpointError, GenkitError
+from genkit.errors import CheckpointError, ConfigError, GenkitError, RunExistsError
 from genkit.model import Model
-from genkit.registry import get_model, get_prior
+from genkit.registry import get_model, get_prior, models, priors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
+#: the temporary names :func:`atomic_write` gives run files (left behind only when a process is killed mid-save).
+_TEMPORARY = re.compile(r"\.(config\.json|model\.safetensors|checkpoint\.pt|metrics\.json|prior-[\w.-]+)\.\d+\.tmp")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -37,8 +42,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut, where the system allows it (best effort)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed save left in a run folder (never any other file); returns them."""
+    stale = [p for p in Path(folder).iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _json_ready(value: Any) -> Any:
@@ -61,8 +91,11 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: is this a genkit run folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore it or start a new run") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, a 5000-digit number
+        if isinstance(exc, json.JSONDecodeError) and not exc.doc.strip():
+            raise CheckpointError(f"{path} is empty; restore it or start a new run") from None
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CheckpointError(f"{path} is not valid JSON ({reason}); restore it or start a new run") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} should hold a JSON object, found {type(data).__name__}")
     return data
@@ -80,6 +113,8 @@ def load_weights(model: Model, path: Path) -> None:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty; restore it, or --resume the run to write it again") from None
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated") from None
     _load_state(model, state, path)
 
@@ -105,13 +140,34 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint, loaded with ``weights_only=True`` so that no code in it can run."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: nothing to resume") from None
+        raise CheckpointError(
+            f"{path} is missing: nothing to resume (no epoch finished?); start the run again with --overwrite"
+        ) from None
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if refused:  # the pickle names a function or class: safe loading never calls it
+            raise CheckpointError(
+                f"{path} was refused by safe loading: it refers to {refused.group(1)}, so loading it could run code; "
+                "restore it or start a new run"
+            ) from None
+        raise CheckpointError(f"{path} is corrupt or not a genkit checkpoint; restore it or start a new run") from None
     except Exception as exc:  # torch raises many types for truncated or tampered archives
-        raise CheckpointError(f"{path} is corrupt or not a genkit checkpoint ({type(exc).__name__})") from None
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty; restore it or start a new run") from None
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({type(exc).__name__}); restore it or start a new run"
+        ) from None
     if not isinstance(state, dict) or not {"epoch", "model", "optimizer"} <= set(state):
         raise CheckpointError(f"{path} is not a genkit training checkpoint")
+    epoch, history = state["epoch"], state.get("history", [])
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{path} is tampered with: its epoch is {epoch!r}")
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise CheckpointError(f"{path} is tampered with: its history is not a list of records")
     return state
 
 
@@ -121,9 +177,13 @@ def build_model_from_config(config: dict[str, Any], source: Path) -> Model:
         name, options = config["model"], config["model_config"]
     except KeyError as exc:
         raise CheckpointError(f"{source} lacks the field {exc}; restore it or start a new run") from None
+    prior = config.get("prior")
+    if not isinstance(name, str) or not isinstance(options, dict) or not isinstance(prior, (str, type(None))):
+        raise CheckpointError(
+            f"{source} is damaged: model must be a name, model_config an object and prior a name or null"
+        )
     try:
         model = get_model(name, **options)
-        prior = config.get("prior")
         if prior:
             model.prior = get_prior(prior, model.config.latent)
     except (GenkitError, TypeError) as exc:
@@ -139,3 +199,64 @@ def load_model(run_dir: str | os.PathLike[str], device: torch.device | str = "cp
     model = build_model_from_config(read_json(run / CONFIG_FILE), run / CONFIG_FILE)
     load_weights(model, run / WEIGHTS_FILE)
     return model.to(device).eval()
+
+
+def save_run(
+    model: Model, folder: str | os.PathLike[str], *, prior: str | None = None, overwrite: bool = False
+) -> Path:
+    """Write ``model`` as a folder that :func:`load_model` reloads: ``config.json`` and ``model.safetensors``.
+
+    For a model trained in your own code (e.g. with :class:`genkit.train.Trainer`); ``genkit run`` writes these
+    files itself. The folder then works with ``genkit sample``, ``encode``, ``decode`` and ``denoise`` too, but not
+    with ``--resume`` (it has no training checkpoint). Each file is written to a temporary name and renamed.
+
+    Args:
+        model: a model built by :func:`genkit.get_model`, whose registry name (``model.name``) is recorded.
+        folder: the folder to write; created if missing.
+        prior: the registry name of a prior installed on the model after training (e.g. by
+            :func:`genkit.priors.fit_prior`), so that reloading rebuilds it; ``None`` keeps the model's own prior.
+        overwrite: replace the config and weights of a folder that already holds them.
+
+    Returns:
+        The folder's path.
+
+    Raises:
+        ConfigError: the model has no registry name, ``prior`` is not the class of the model's prior, or the prior
+            was built with options that change its shapes (only its name is recorded).
+        PluginError: ``model.name`` or ``prior`` is not a registered plugin.
+        RunExistsError: the folder already holds a config or weights and ``overwrite`` is false.
+    """
+    if not model.name:
+        raise ConfigError(
+            f"cannot save a {type(model).__name__} without a registry name: build it with genkit.get_model(NAME)"
+        )
+    models.info(model.name)  # the name must resolve now, or the folder could never be reloaded
+    if prior is not None:
+        if not isinstance(model.prior, priors.load(prior)):
+            raise ConfigError(
+                f"prior {prior!r} does not match the model's prior ({type(model.prior).__name__}); "
+                "pass the name it was built from, or None for the model's own prior"
+            )
+        rebuilt = {k: v.shape for k, v in get_prior(prior, model.config.latent).state_dict().items()}
+        if rebuilt != {k: v.shape for k, v in model.prior.state_dict().items()}:
+            raise ConfigError(
+                f"the {prior} prior was built with options that config.json cannot record (its tensors are shaped "
+                f"unlike a default {prior} prior's), so load_model could not rebuild it: fit it with default options"
+            )
+    run = Path(folder)
+    if run.exists() and not run.is_dir():
+        raise RunExistsError(f"{run} exists and is not a folder: choose another folder")
+    taken = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (run / name).exists()]
+    if taken and not overwrite:
+        raise RunExistsError(f"{run} already holds {' and '.join(taken)}: pass overwrite=True or choose another folder")
+    from genkit import __version__
+
+    config = {
+        "genkit_version": __version__,
+        "model": model.name,
+        "model_config": model.config.to_dict(),
+        "prior": prior,
+    }
+    write_json(run / CONFIG_FILE, config)
+    save_weights(model, run / WEIGHTS_FILE)
+    return run

@@ -14,15 +14,16 @@ import numpy as np
 import torch
 
 from genkit import distributed, registry, report
-from genkit.checkpoint import load_model
+from genkit.checkpoint import load_model, read_json
 from genkit.data import DATA_ENV, load_images, save_png
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
 from genkit.registry import get_noise
-from genkit.run import fitted_prior, resume_run, start_run
+from genkit.run import check_run, fitted_prior, resume_run, start_run
 from genkit.train import TrainConfig
 
+SEED = click.IntRange(-(2**40) + 1, 2**40 - 1)
 KINDS = {"models": registry.models, "priors": registry.priors, "losses": registry.losses, "noise": registry.noise}
 
 
@@ -83,7 +84,7 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         try:
             options[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON (or a number too long for it): keep the text, the config checks it
             options[key.replace("-", "_")] = raw
     return options
 
@@ -133,27 +134,34 @@ def run(
     **train: Any,
 ) -> None:
     """Train MODEL and write samples, latent plot, reconstructions, denoising, curves, weights and metrics."""
-    if nproc and nproc > 1 and not distributed.launched():
-        if (train["batch_size"] or TrainConfig.batch_size) % nproc:
-            raise ConfigError(f"batch size must be divisible by the {nproc} processes: change --batch-size or --nproc")
-        ctx.exit(_relaunch(nproc, (ctx.obj or {}).get("argv", sys.argv[1:])))
+    relaunch = bool(nproc and nproc > 1 and not distributed.launched())
+    if relaunch and (train["batch_size"] or TrainConfig.batch_size) % nproc:
+        raise ConfigError(f"batch size must be divisible by the {nproc} processes: change --batch-size or --nproc")
     if resume:
         if model or latent or beta or settings:
             raise click.UsageError("--resume continues a run as configured: give only --resume RUN_DIR [--epochs N]")
+        if relaunch:
+            read_json(Path(resume) / "config.json")  # fail here, in one line, rather than in every process
+            ctx.exit(_relaunch(nproc, ctx.obj["argv"]))
         resume_run(resume, epochs=train["epochs"])
         return
     if not model:
         raise click.UsageError("name a MODEL (see genkit list) or give --resume RUN_DIR")
-    options = {**_parse_settings(settings), "latent": latent, "beta": beta}
+    flags = {"latent": latent, "beta": beta}
+    options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
     config = _train_options(progress=not quiet, **train)
-    start_run(model, options, config, dataset=dataset, data_dir=data_dir, out=out, overwrite=overwrite, limit=limit)
+    where = {"dataset": dataset, "data_dir": data_dir, "out": out, "overwrite": overwrite, "limit": limit}
+    if relaunch:
+        check_run(model, options, config, **where)  # user errors: one line here, not one per process
+        ctx.exit(_relaunch(nproc, ctx.obj["argv"]))
+    start_run(model, options, config, **where)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-N.png].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--prior",
     default="normal",
@@ -167,6 +175,7 @@ def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str, 
     if prior != "normal":
         click.echo(f"{prior} prior: {fitted_prior(run_dir, model, prior, data_dir)}")
     path = Path(output or Path(run_dir) / f"samples-{prior}-{count}.png")
+    _check_image_suffix(path)
     report.save_samples(model, path, n=count, seed=seed)
     click.echo(f"wrote {count} samples to {path}")
 
@@ -178,7 +187,7 @@ def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str, 
     "--noise", metavar="NAME:LEVEL", help="Corrupt the images first (to measure); else they are taken as noisy."
 )
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="denoised", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: str, seed: int) -> None:
     """Denoise IMAGES with a trained run; with --noise, report PSNR before and after."""
     model = load_model(run_dir)
@@ -248,6 +257,13 @@ def read_codes(path: str, latent: int) -> tuple[torch.Tensor, list[str]]:
     return z, names
 
 
+def _check_image_suffix(path: Path) -> None:
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise click.BadParameter(f"{path.name}: give a file name ending in .png or .jpg", param_hint="-o")
+
+
 def _relaunch(nproc: int, argv: list[str]) -> int:
     """Run the same command under torchrun in ``nproc`` processes; returns its exit code."""
     import subprocess
@@ -260,11 +276,16 @@ def _relaunch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    return subprocess.run(distributed.torchrun_command(nproc, args), check=False).returncode
+    code = subprocess.run(distributed.torchrun_command(nproc, args), check=False).returncode
+    if code:
+        _echo_error(f"the {nproc}-process run failed (torchrun exit {code}); its processes' messages are above")
+    return 2 if code else 0
 
 
 def _echo_error(message: str) -> None:
-    click.echo(f"genkit: error: {message}", err=True)
+    """Print ``message`` as exactly one line on stderr (its line breaks become spaces)."""
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    click.echo(f"genkit: error: {one_line}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,21 +296,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = cli.main(args=args, prog_name="genkit", standalone_mode=False, obj={"argv": args})
         return result if isinstance(result, int) else 0
     except click.ClickException as exc:
-        _echo_error(exc.format_message().replace("\n", " "))
-        return exc.exit_code
-    except click.Abort:
-        _echo_error("aborted")
+        _echo_error(exc.format_message())
+        return 2  # a usage error (click gives exit code 1 to some, which here means an internal error)
+    except click.Abort as exc:  # click turns Ctrl-C into Abort, after a blank line that ends the terminal's ^C
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        _echo_error("interrupted; a run can be continued with --resume RUN_DIR" if interrupted else "aborted")
         return 130
     except GenkitError as exc:
         if debug:
             raise
-        _echo_error(str(exc).replace("\n", " "))
+        _echo_error(str(exc))
         return 2
     except KeyboardInterrupt:
         _echo_error("interrupted; a run can be continued with --resume RUN_DIR")
         return 130
+    except OSError as exc:  # the environment, not genkit: a full disk, a missing or unwritable folder
+        if debug:
+            raise
+        _echo_error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+        return 2
+    except (MemoryError, torch.OutOfMemoryError):
+        if debug:
+            raise
+        _echo_error("out of memory: use a smaller --batch-size, model or dataset")
+        return 2
     except Exception as exc:  # a bug, not a user error: still one line, with the way to see more
         if debug:
             raise
         _echo_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 1
+    finally:
+        distributed.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -41,9 +42,10 @@ class ModelConfig:
             if kind is float:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"{f.name} must be a number, got {value!r}")
-                if value != value or value in (float("inf"), float("-inf")):
+                number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+                if not math.isfinite(number):
                     raise ConfigError(f"{f.name} must be finite, got {value!r}")
-                setattr(self, f.name, float(value))
+                setattr(self, f.name, number)
             if kind is str and not isinstance(value, str):
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
         for name in self.positive:
@@ -60,11 +62,10 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))  # str: a JSON-like dict may mix key types
         if unknown:
             raise ConfigError(
-                f"unknown option(s) for {cls.__name__}: {', '.join(map(str, unknown))} "
-                f"(known: {', '.join(sorted(known))})"
+                f"unknown option(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
         return cls(**data)
 

@@ -57,10 +57,18 @@ class ImageData:
 def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data root: ``data_dir``, else ``$GENKIT_DATA_DIR``, else ``~/.cache/genkit/data``."""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
+        return _expand(data_dir)
     if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
+        return _expand(os.environ[DATA_ENV])
     return Path.home() / ".cache" / "genkit" / "data"
+
+
+def _expand(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``~`` expanded; a ``~user`` that does not exist is a :class:`DataError`."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # Path.expanduser cannot find that home folder
+        raise DataError(f"{path}: cannot expand ~ (no such user or home folder)") from None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -139,7 +147,7 @@ def load_image_folder(
             with Image.open(file) as img:
                 img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
                 images.append(pil_to_tensor(img))
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {file}: {exc}") from None
         labels.append(classes.index(file.parent.relative_to(root).as_posix()))
     data = ImageData(torch.stack(images).float().div_(255.0), torch.tensor(labels), root.name, classes)
@@ -157,8 +165,10 @@ def load_dataset(
     """(train, test) for ``mnist``, ``fashion-mnist``, or a path to an image folder."""
     if name in TORCHVISION_DATASETS:
         return load_torchvision_dataset(name, "train", data_dir), load_torchvision_dataset(name, "test", data_dir)
-    if Path(name).expanduser().is_dir():
-        return load_image_folder(Path(name).expanduser(), image_size, channels)
+    if not name:
+        raise DataError("no dataset given: use mnist, fashion-mnist, or the path of a folder of images")
+    if _expand(name).is_dir():
+        return load_image_folder(_expand(name), image_size, channels)
     raise DataError(f"unknown dataset {name!r}: use mnist, fashion-mnist, or the path of a folder of images")
 
 
@@ -190,7 +200,7 @@ def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -
                 batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
         except FileNotFoundError:
             raise DataError(f"image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
     return torch.stack(batch).float().div_(255.0)
 

@@ -74,6 +74,12 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group (gloo aborts the interpreter at exit if it is left open)."""
+    if active():
+        dist.destroy_process_group()
+
+
 def torchrun_command(nproc: int, args: list[str]) -> list[str]:
     """The torchrun command that runs ``genkit ARGS`` in ``nproc`` processes on this machine."""
     import sys

@@ -19,6 +19,10 @@ class PluginError(GenkitError):
     """A plugin is unknown, failed to load, failed to build, or misbehaves."""
 
 
+class UnknownPluginError(PluginError, ConfigError):
+    """No installed plugin has the name asked for: a bad configuration value as much as a plugin problem."""
+
+
 class DataError(GenkitError):
     """A dataset or input file is missing, empty or unreadable."""
 

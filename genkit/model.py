@@ -22,6 +22,8 @@ class Model(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     #: the registry name the model was built under (set by :func:`genkit.get_model`).
     name: str = ""
+    #: the plugin that provides it, as ``distribution[name]`` (set by :func:`genkit.get_model`), for error messages.
+    plugin: str = ""
 
     def __init__(self, config: ModelConfig, *, encoder: Encoder, decoder: Decoder, prior: Prior, loss: Loss) -> None:
         super().__init__()
@@ -61,9 +63,10 @@ class Model(nn.Module):
 
     def decode_logits(self, z: Tensor) -> Tensor:
         logits = self.decoder(z)
-        if tuple(logits.shape[1:]) != self.input_shape or logits.shape[0] != z.shape[0]:
+        if not isinstance(logits, Tensor) or tuple(logits.shape) != (z.shape[0], *self.input_shape):
+            got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
             raise PluginError(
-                f"{self.name or type(self).__name__}: decoder returned shape {tuple(logits.shape)}, "
+                f"{self.plugin or self.name or type(self).__name__}: decoder returned {got}, "
                 f"expected ({z.shape[0]}, {', '.join(map(str, self.input_shape))}); fix the decoder"
             )
         return logits

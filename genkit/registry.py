@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from genkit.errors import ConfigError, GenkitError, PluginError
+from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
 from genkit.model import Model
 from genkit.noise import NoiseTransform
 from genkit.parts import Loss, Prior
@@ -110,8 +111,9 @@ class Registry:
         found = self._find()
         if name not in found:
             close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
+            close = close or [n for n in found if str(name).lower() == n.lower()]  # e.g. AE for ae
             hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(found)) or 'none'}"
-            raise PluginError(f"unknown {self.group.split('.')[-1]} plugin {name!r}; {hint}")
+            raise UnknownPluginError(f"unknown {self.group.split('.')[-1]} plugin {name!r}; {hint}")
         claims = found[name]
         if len(claims) > 1:
             owners = " and ".join(c.distribution for c in claims)
@@ -171,8 +173,10 @@ def get_model(name: str, **overrides: Any) -> Model:
     except (GenkitError, ConfigError):
         raise
     except Exception as exc:
-        raise FailedPlugin(models.info(name), f"failed to build: {type(exc).__name__}: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [""])[0]  # torch appends C++ stack frames to some errors
+        raise FailedPlugin(models.info(name), f"failed to build: {type(exc).__name__}: {reason}") from exc
     model.name = name
+    model.plugin = models.info(name).label()
     return model
 
 
@@ -183,6 +187,8 @@ def get_prior(name: str, latent: int) -> Prior:
 
 def get_noise(spec: str) -> NoiseTransform:
     """Parse a noise spec ``NAME:LEVEL`` (e.g. ``gaussian:0.5``) into its transform."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"a noise spec must be text such as gaussian:0.5, got {spec!r}")
     name, sep, level = spec.partition(":")
     if not sep or not name:
         raise ConfigError(
@@ -192,6 +198,8 @@ def get_noise(spec: str) -> NoiseTransform:
         value = float(level)
     except ValueError:
         raise ConfigError(f"bad noise level {level!r} in {spec!r}: give a number, e.g. gaussian:0.5") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"bad noise level {level!r} in {spec!r}: give a finite number, e.g. gaussian:0.5")
     transform = noise.load(name)(value)
     transform.name = name
     return transform

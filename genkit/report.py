@@ -40,6 +40,8 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
         return torch.cat([codes, torch.zeros_like(codes)], 1), "z"
     if codes.shape[1] == 2:
         return codes, "z"
+    if codes.shape[0] < 3:  # too few codes for principal components: show the first two coordinates
+        return codes[:, :2], "z"
     centred = codes - codes.mean(0)
     _, _, v = torch.pca_lowrank(centred, q=2, center=False)
     return centred @ v[:, :2], "PC"

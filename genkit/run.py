@@ -21,12 +21,13 @@ from genkit.checkpoint import (
     build_model_from_config,
     load_checkpoint,
     read_json,
+    remove_stale_temporaries,
     save_checkpoint,
     save_weights,
     write_json,
 )
 from genkit.data import ImageData, load_dataset
-from genkit.errors import CheckpointError, ConfigError, GenkitError, RunExistsError, TrainingError
+from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
 from genkit.train import Callback, TrainConfig, Trainer
@@ -38,17 +39,31 @@ GENKIT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 Log = Callable[[str], None]
 
 
+class StopOnNonFiniteWeights(Callback):
+    """Stops before weights that became NaN or infinite (the loss can stay finite one step longer) are saved."""
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        state = trainer.model.state_dict()
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingError(
+                f"the weights became NaN or infinite in epoch {trainer.epoch} (e.g. {bad[0]}); lower --lr"
+            )
+
+
 class CheckpointEveryEpoch(Callback):
     """Writes checkpoint, weights and metrics after every epoch (each file by write-then-rename)."""
 
-    def __init__(self, run_dir: Path, summary: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, summary: dict[str, Any], saved: int = 0) -> None:
         self.run_dir = run_dir
         self.summary = summary
+        self.saved = saved  # the epoch of the checkpoint on disk
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, trainer.state_dict())
         save_weights(trainer.model, self.run_dir / WEIGHTS_FILE)
         write_json(self.run_dir / METRICS_FILE, {**self.summary, "epochs": trainer.history})
+        self.saved = trainer.epoch
 
 
 def new_run_dir(model: str, dataset: str, out: str | os.PathLike[str] | None, overwrite: bool) -> Path:
@@ -79,6 +94,64 @@ def _load_data(dataset: str, data_dir: str | None, model: Model, limit: int | No
     return train.subset(limit), test.subset(limit)
 
 
+def _try_one_batch(model: Model, data: ImageData) -> None:
+    """Run the model once on two training images, so that a broken plugin fails before any file is written."""
+    if not len(data):
+        return
+    batch = data.images[:2]
+    model.check_input(batch)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.loss(batch)
+    except GenkitError:
+        raise
+    except Exception as exc:  # a plugin's forward or loss failing on images of the configured shape
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise PluginError(
+            f"{model.plugin or model.name}: fails on a batch shaped {tuple(batch.shape)}: "
+            f"{type(exc).__name__}: {reason}"
+        ) from exc
+    finally:
+        model.train()
+
+
+def _prepare(
+    model_name: str,
+    model_options: dict[str, Any] | None,
+    train: TrainConfig,
+    dataset: str,
+    data_dir: str | None,
+    limit: int | None,
+) -> tuple[Model, ImageData, ImageData]:
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"limit must be positive, got {limit}")
+    torch.manual_seed(train.seed)
+    model = get_model(model_name, **(model_options or {}))
+    train_data, test_data = _load_data(dataset, data_dir, model, limit)
+    _try_one_batch(model, train_data)
+    return model, train_data, test_data
+
+
+def check_run(
+    model_name: str,
+    model_options: dict[str, Any] | None = None,
+    train: TrainConfig | None = None,
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+) -> None:
+    """What :func:`start_run` checks before it trains, writing nothing (run before launching processes)."""
+    _prepare(model_name, model_options, train or TrainConfig(), dataset, data_dir, limit)
+    folder = Path(out) if out is not None else None
+    if folder is not None and folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise RunExistsError(
+            f"{folder} already exists and is not empty: pass --overwrite, choose another --out, or --resume it"
+        )
+
+
 def start_run(
     model_name: str,
     model_options: dict[str, Any] | None = None,
@@ -92,11 +165,7 @@ def start_run(
 ) -> Path:
     """Train ``model_name`` from scratch and write a run folder; returns its path."""
     train = train or TrainConfig()
-    if limit is not None and limit <= 0:
-        raise ConfigError(f"limit must be positive, got {limit}")
-    torch.manual_seed(train.seed)
-    model = get_model(model_name, **(model_options or {}))
-    train_data, test_data = _load_data(dataset, data_dir, model, limit)
+    model, train_data, test_data = _prepare(model_name, model_options, train, dataset, data_dir, limit)
     trainer = Trainer(model, train)  # joins the process group when launched by torchrun
     run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite))
     config = {
@@ -137,13 +206,32 @@ def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: 
         data = config["data"]
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{run / CONFIG_FILE} is incomplete ({exc}); start a new run") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{run / CONFIG_FILE}: {exc}") from None
+    limit = data.get("limit") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("dataset"), str)
+        or not isinstance(data.get("data_dir"), (str, type(None)))
+        or not (limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0))
+    ):
+        raise CheckpointError(
+            f"{run / CONFIG_FILE} is damaged: its data must name a dataset, a data_dir or null, "
+            "and a positive limit or null"
+        )
     model = build_model_from_config(config, run / CONFIG_FILE)
-    trainer = Trainer(model, train)
+    try:
+        trainer = Trainer(model, train)
+    except ConfigError as exc:  # e.g. a device this machine does not have
+        raise CheckpointError(f"{run / CONFIG_FILE}: {exc}") from None
     state = load_checkpoint(run / CHECKPOINT_FILE)
     try:
         trainer.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{run / CHECKPOINT_FILE} does not fit this run's model ({type(exc).__name__})") from None
+    if distributed.is_main():
+        remove_stale_temporaries(run)  # left by a process killed while saving
+        save_weights(model, run / WEIGHTS_FILE)  # the checkpoint is the truth: repair lagging or damaged weights
     if epochs and distributed.is_main():
         config["train"]["epochs"] = epochs
         write_json(run / CONFIG_FILE, config)
@@ -169,20 +257,27 @@ def _train_and_report(
         "train_images": len(train),
         "test_images": len(test),
     }
+    checkpoint = CheckpointEveryEpoch(run_dir, summary, saved=trainer.epoch)
+    trainer.callbacks.append(StopOnNonFiniteWeights())  # on every process, so that all of them stop together
     if not distributed.is_main():
         log = _silent
     else:
-        trainer.callbacks.append(CheckpointEveryEpoch(run_dir, summary))
+        trainer.callbacks.append(checkpoint)
     summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
     started = time.perf_counter()
     try:
         history = trainer.fit(train, test)
     except TrainingError as exc:
-        kept = f"the checkpoint of epoch {trainer.epoch} is kept" if trainer.epoch else "no epoch finished"
         if distributed.is_main():
-            write_json(run_dir / METRICS_FILE, {**summary, "epochs": trainer.history, "stopped": str(exc)})
-        raise TrainingError(f"{exc}; {kept} in {run_dir} (continue with --resume {run_dir})") from None
+            epochs = trainer.history[: checkpoint.saved]
+            write_json(run_dir / METRICS_FILE, {**summary, "epochs": epochs, "stopped": str(exc)})
+        if checkpoint.saved:
+            raise TrainingError(
+                f"{exc}; the checkpoint of epoch {checkpoint.saved} is kept in {run_dir} "
+                f"(continue with --resume {run_dir})"
+            ) from None
+        raise TrainingError(f"{exc}; no epoch finished in {run_dir} (start it again with --overwrite)") from None
     noise = get_noise(config["train"]["noise"] or DEFAULT_EVAL_NOISE)
     final = trainer.evaluate(test, noise) if len(test) else {}
     seconds = sum(r["train_seconds"] for r in history)

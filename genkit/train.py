@@ -26,6 +26,10 @@ from genkit.noise import NoiseTransform
 from genkit.parts import LossOutput
 from genkit.registry import get_noise
 
+#: per-epoch seeds are derived from the seed; beyond this torch's generators overflow
+SEED_LIMIT = 2**40
+DEVICES = ("cpu", "cuda", "mps")
+
 
 @dataclass
 class TrainConfig:
@@ -52,6 +56,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
             raise ConfigError(f"kl_warmup must be a non-negative integer, got {self.kl_warmup!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or abs(self.seed) >= SEED_LIMIT:
+            raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
+        if not isinstance(self.device, str) or (self.device != "auto" and self.device.split(":")[0] not in DEVICES):
+            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         if self.noise is not None:
             get_noise(self.noise)  # validate the spec early
 
@@ -60,6 +68,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A TrainConfig from a dict (e.g. a run's config.json), rejecting unknown keys and bad values."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"training options must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
