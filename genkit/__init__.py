@@ -1,6 +1,6 @@
 """genkit: a pluggable toolkit for autoencoders and VAEs.
 
-A model is a composition of an :class:`Encoder`, a :class:`Decoder`, a :class:`Prior` and a :class:`Loss`;
+A model is a composition of an ``Encoder``, a ``Decoder``, a ``Prior`` and a ``Loss``;
 models, priors, losses and noise transforms are plugins found through Python entry points.
 """
 

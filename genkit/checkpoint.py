@@ -29,7 +29,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
-#: the temporary names :func:`atomic_write` gives run files (left behind only when a process is killed mid-save).
+#: the temporary names ``atomic_write`` gives run files (left behind only when a process is killed mid-save).
 _TEMPORARY = re.compile(r"\.(config\.json|model\.safetensors|checkpoint\.pt|metrics\.json|prior-[\w.-]+)\.\d+\.tmp")
 
 
@@ -86,7 +86,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; any problem is a one-line :class:`CheckpointError` naming the file."""
+    """A JSON object from ``path``; any problem is a one-line ``CheckpointError`` naming the file."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -204,17 +204,17 @@ def load_model(run_dir: str | os.PathLike[str], device: torch.device | str = "cp
 def save_run(
     model: Model, folder: str | os.PathLike[str], *, prior: str | None = None, overwrite: bool = False
 ) -> Path:
-    """Write ``model`` as a folder that :func:`load_model` reloads: ``config.json`` and ``model.safetensors``.
+    """Write ``model`` as a folder that ``load_model`` reloads: ``config.json`` and ``model.safetensors``.
 
-    For a model trained in your own code (e.g. with :class:`genkit.train.Trainer`); ``genkit run`` writes these
+    For a model trained in your own code (e.g. with ``genkit.train.Trainer``); ``genkit run`` writes these
     files itself. The folder then works with ``genkit sample``, ``encode``, ``decode`` and ``denoise`` too, but not
     with ``--resume`` (it has no training checkpoint). Each file is written to a temporary name and renamed.
 
     Args:
-        model: a model built by :func:`genkit.get_model`, whose registry name (``model.name``) is recorded.
+        model: a model built by ``genkit.get_model``, whose registry name (``model.name``) is recorded.
         folder: the folder to write; created if missing.
         prior: the registry name of a prior installed on the model after training (e.g. by
-            :func:`genkit.priors.fit_prior`), so that reloading rebuilds it; ``None`` keeps the model's own prior.
+            ``genkit.priors.fit_prior``), so that reloading rebuilds it; ``None`` keeps the model's own prior.
         overwrite: replace the config and weights of a folder that already holds them.
 
     Returns:

@@ -114,6 +114,7 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N training and N test images (quick runs).")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on CUDA only; --amp also on the CPU].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(min=1), help="Train with N processes (DDP through torchrun).")
 @click.pass_context

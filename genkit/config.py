@@ -32,7 +32,7 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check types and ranges; raise :class:`ConfigError` with the offending field."""
+        """Check types and ranges; raise ``ConfigError`` with the offending field."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

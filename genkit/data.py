@@ -64,7 +64,7 @@ def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _expand(path: str | os.PathLike[str]) -> Path:
-    """``path`` with ``~`` expanded; a ``~user`` that does not exist is a :class:`DataError`."""
+    """``path`` with ``~`` expanded; a ``~user`` that does not exist is a ``DataError``."""
     try:
         return Path(path).expanduser()
     except RuntimeError:  # Path.expanduser cannot find that home folder
@@ -173,7 +173,7 @@ def load_dataset(
 
 
 def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -> Tensor:
-    """Image files as a (N, C, H, W) batch in [0, 1]; a size or channel mismatch is a :class:`ShapeError`."""
+    """Image files as a (N, C, H, W) batch in [0, 1]; a size or channel mismatch is a ``ShapeError``."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 

@@ -21,14 +21,17 @@ def launched() -> bool:
 
 
 def active() -> bool:
+    """True once this process has joined a process group."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
+    """This process's rank (0 outside a process group)."""
     return dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
+    """Number of processes (1 outside a process group)."""
     return dist.get_world_size() if active() else 1
 
 
@@ -70,6 +73,7 @@ def broadcast(value: Any) -> Any:
 
 
 def barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
     if active():
         dist.barrier()
 

@@ -1,16 +1,16 @@
 """Sample FID with pytorch-fid's InceptionV3 (pool3, 2048-d), computed from image tensors.
 
 The measurement matches ``pytorch_fid.fid_score.calculate_fid_given_paths`` on the same images saved as 8-bit
-PNG: images in [0, 1] are rounded to 8-bit levels (as :func:`torchvision.utils.save_image` does), grayscale is
+PNG: images in [0, 1] are rounded to 8-bit levels (as ``torchvision.utils.save_image`` does), grayscale is
 repeated to 3 channels (as PIL's ``convert("RGB")`` does), and InceptionV3 itself resizes bilinearly to 299x299
 and scales to [-1, 1]. Statistics are the feature mean and unbiased covariance in float64.
 
 Only the Fréchet distance differs in method (not in value): pytorch-fid 0.3.0 calls ``scipy.linalg.sqrtm`` with
-``disp=``, which newer scipy rejects; :func:`frechet_distance` uses symmetric eigendecompositions instead.
+``disp=``, which newer scipy rejects; ``frechet_distance`` uses symmetric eigendecompositions instead.
 
 The InceptionV3 weights (``pt_inception-2015-12-05-6726825d.pth``) live in the torch hub cache,
 ``$TORCH_HOME/hub/checkpoints/``. They are downloaded once if missing; without network access a
-:class:`~genkit.errors.DataError` says where the file must go. No number is ever returned without them.
+``genkit.errors.DataError`` says where the file must go. No number is ever returned without them.
 
 Reference statistics (e.g. of a test split) are cached on disk under ``$GENKIT_CACHE_DIR/fid`` (default
 ``~/.cache/genkit/fid``), keyed by the caller's key (dataset, split, count), the weights' sha256 and a
@@ -109,7 +109,7 @@ def _one_line(text: object) -> str:
 
 
 def ensure_weights(progress: bool = True) -> Path:
-    """The weights file, downloaded into the torch hub cache if missing; a one-line :class:`DataError` if that fails."""
+    """The weights file, downloaded into the torch hub cache if missing; a one-line ``DataError`` if that fails."""
     path = weights_path()
     if path.is_file():
         return path
@@ -241,7 +241,7 @@ def _default_device() -> torch.device:
 
 
 def _extractor(device: torch.device | str | None, batch_size: int, quantize: bool, progress: bool) -> InceptionFeatures:
-    """A cached :class:`InceptionFeatures` (the network is built once per weights file, device and quantize flag)."""
+    """A cached ``InceptionFeatures`` (the network is built once per weights file, device and quantize flag)."""
     dev = torch.device(device) if device is not None else _default_device()
     key = (str(ensure_weights(progress)), str(dev), quantize)
     if key not in _extractors:
@@ -331,7 +331,7 @@ def reference_statistics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of reference ``images``, read from the disk cache or computed once and cached.
 
-    ``key`` names the images, e.g. :func:`reference_key` ``("mnist", "test", 10000)``; the file name adds the
+    ``key`` names the images, e.g. ``reference_key`` ``("mnist", "test", 10000)``; the file name adds the
     weights' sha256. A file whose key, weights, images fingerprint or quantize flag differ, or which is damaged,
     is recomputed and replaced. Files are written to a temporary name and renamed, never left half-written.
     """
@@ -381,7 +381,7 @@ def fid(
 ) -> float:
     """FID between ``samples`` and ``reference_images`` (each (N, C, H, W) in [0, 1]; N may differ).
 
-    With ``cache_key`` (see :func:`reference_key`) the reference statistics are cached on disk. ``device``
+    With ``cache_key`` (see ``reference_key``) the reference statistics are cached on disk. ``device``
     defaults to CUDA when available. Use the same number of samples as reported elsewhere: FID is biased
     upwards for small N.
     """

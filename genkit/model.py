@@ -20,9 +20,9 @@ class Model(nn.Module):
     """
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
-    #: the registry name the model was built under (set by :func:`genkit.get_model`).
+    #: the registry name the model was built under (set by ``genkit.get_model``).
     name: str = ""
-    #: the plugin that provides it, as ``distribution[name]`` (set by :func:`genkit.get_model`), for error messages.
+    #: the plugin that provides it, as ``distribution[name]`` (set by ``genkit.get_model``), for error messages.
     plugin: str = ""
 
     def __init__(self, config: ModelConfig, *, encoder: Encoder, decoder: Decoder, prior: Prior, loss: Loss) -> None:
@@ -40,15 +40,17 @@ class Model(nn.Module):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the model takes."""
         c = self.config
         return (c.image_channels, c.image_size, c.image_size)
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's parameters."""
         return next(self.parameters()).device
 
     def check_input(self, x: Tensor) -> None:
-        """Raise :class:`ShapeError` unless ``x`` is a batch of images of the configured size."""
+        """Raise ``ShapeError`` unless ``x`` is a batch of images of the configured size."""
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             want = "(N, {}, {}, {})".format(*self.input_shape)
             raise ShapeError(
@@ -62,6 +64,7 @@ class Model(nn.Module):
         return self.encoder(x)
 
     def decode_logits(self, z: Tensor) -> Tensor:
+        """The decoder's logits for ``z``, checked to have the input shape."""
         logits = self.decoder(z)
         if not isinstance(logits, Tensor) or tuple(logits.shape) != (z.shape[0], *self.input_shape):
             got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
@@ -76,6 +79,7 @@ class Model(nn.Module):
         return torch.sigmoid(self.decode_logits(z))
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> ModelOutput:
+        """Encode, draw z (the posterior mean in eval mode) and decode."""
         posterior = self.encode(x)
         z = posterior.sample(generator) if self.training else posterior.mean
         return ModelOutput(posterior, z, self.decode_logits(z))

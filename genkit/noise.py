@@ -14,7 +14,7 @@ from genkit.errors import ConfigError
 class NoiseTransform:
     """Base of the ``genkit.noise`` plugins: ``transform(x, generator)`` returns a corrupted copy in [0, 1].
 
-    Subclasses implement :meth:`corrupt`; ``level`` is the noise's one parameter (σ or p).
+    Subclasses implement ``corrupt``; ``level`` is the noise's one parameter (σ or p).
     """
 
     #: inclusive bounds of ``level`` (a probability is capped at 1).
@@ -30,6 +30,7 @@ class NoiseTransform:
         self.level = float(level)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None) -> Tensor:  # pragma: no cover
+        """The corrupted batch (before clipping); draw all randomness from ``generator``."""
         raise NotImplementedError
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

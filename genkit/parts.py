@@ -60,9 +60,10 @@ class LossOutput:
 
 
 class Encoder(nn.Module):
-    """x (N, C, H, W) in [0, 1] -> :class:`Posterior` over a latent of size ``latent``."""
+    """x (N, C, H, W) in [0, 1] -> ``Posterior`` over a latent of size ``latent``."""
 
     def forward(self, x: Tensor) -> Posterior:  # pragma: no cover - abstract
+        """Encode a batch of images into their posterior (or deterministic code)."""
         raise NotImplementedError
 
 
@@ -70,6 +71,7 @@ class Decoder(nn.Module):
     """z (N, latent) -> logits (N, C, H, W); ``sigmoid(logits)`` is the reconstruction in [0, 1]."""
 
     def forward(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Decode latent codes into logits shaped like the images."""
         raise NotImplementedError
 
 
@@ -87,9 +89,11 @@ class Prior(nn.Module):
         return self._anchor.device
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
+        """``n`` latent codes (n, latent) on the prior's device."""
         raise NotImplementedError
 
     def log_prob(self, z: Tensor) -> Tensor:  # pragma: no cover
+        """log p(z), one value per code."""
         raise NotImplementedError
 
     def kl(self, posterior: Posterior, generator: torch.Generator | None = None) -> Tensor:
@@ -105,4 +109,6 @@ class Prior(nn.Module):
 class Loss(Protocol):
     """Any callable that scores a forward pass against its target."""
 
-    def __call__(self, output: ModelOutput, target: Tensor, prior: Prior) -> LossOutput: ...
+    def __call__(self, output: ModelOutput, target: Tensor, prior: Prior) -> LossOutput:
+        """Score ``output`` against ``target`` (clean images in [0, 1]) under ``prior``."""
+        ...

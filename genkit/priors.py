@@ -34,7 +34,7 @@ def fit_prior(model: Model, name: str, images: Tensor, **options: Any) -> Prior:
     """Fit the registered prior ``name`` to the latent codes of ``images`` and install it on ``model``.
 
     This is ex-post density estimation: it lets a deterministic autoencoder generate, and often improves
-    a VAE's samples. The run's ``config.json`` should record the prior's name so that reloading rebuilds it.
+    a VAE's samples. ``genkit sample RUN --prior NAME`` caches the fitted prior beside the run.
     """
     from genkit.registry import priors
 

@@ -143,7 +143,7 @@ def check_run(
     overwrite: bool = False,
     limit: int | None = None,
 ) -> None:
-    """What :func:`start_run` checks before it trains, writing nothing (run before launching processes)."""
+    """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
     _prepare(model_name, model_options, train or TrainConfig(), dataset, data_dir, limit)
     folder = Path(out) if out is not None else None
     if folder is not None and folder.is_dir() and any(folder.iterdir()) and not overwrite:

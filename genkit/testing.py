@@ -1,11 +1,11 @@
-"""Conformance checks any model plugin can run: subclass :class:`ModelConformance` in your tests.
+"""Conformance checks any model plugin can run: subclass ``ModelConformance`` in your tests.
 
     from genkit.testing import ModelConformance
 
     class TestMyModel(ModelConformance):
         model_name = "my-model"
 
-Each ``check_*`` function is also usable on its own, e.g. parametrised over :func:`genkit.list_models`.
+Each ``check_*`` function is also usable on its own, e.g. parametrised over ``genkit.list_models``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,22 @@ DEVICES = ("cpu", "cuda", "mps")
 
 @dataclass
 class TrainConfig:
-    """How to train: the same options for every model."""
+    """How to train: the same options for every model.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per step (the global batch when several processes train).
+        lr: Adam's learning rate.
+        seed: fixes initialisation, shuffling, noise and sampling; each epoch reseeds from it.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        noise: a noise spec such as ``gaussian:0.5`` to train a denoiser (noisy input, clean target).
+        kl_warmup: epochs over which the weight of the ``kl`` term ramps linearly from 0 to 1.
+        amp: bf16 autocast; ``None`` (default) uses it on CUDA only, ``True`` also on the CPU (faster on CPUs
+            with bf16 support, at bf16 precision), ``False`` never.
+        compile: ``torch.compile`` the loss computation.
+        progress: show a progress bar.
+        eval_batch_size: images per batch when evaluating.
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -42,7 +57,7 @@ class TrainConfig:
     device: str = "auto"
     noise: str | None = None  # e.g. "gaussian:0.5": train a denoiser (noisy input -> clean target)
     kl_warmup: int = 0  # epochs over which the weight of the "kl" term ramps linearly from 0 to 1
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool | None = None  # bf16 autocast: None = on CUDA only, True = also on the CPU, False = never
     compile: bool = False  # torch.compile the loss computation (pays off on GPUs for long runs)
     progress: bool = True
     eval_batch_size: int = 1000
@@ -60,10 +75,13 @@ class TrainConfig:
             raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
         if not isinstance(self.device, str) or (self.device != "auto" and self.device.split(":")[0] not in DEVICES):
             raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        if self.amp not in (None, True, False):
+            raise ConfigError(f"amp must be true, false or null, got {self.amp!r}")
         if self.noise is not None:
             get_noise(self.noise)  # validate the spec early
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON-ready values."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -100,15 +118,18 @@ def select_device(name: str = "auto") -> torch.device:
 class Callback:
     """Hooks into training; override what you need."""
 
-    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first epoch of ``Trainer.fit``."""
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """After each epoch, with that epoch's record (losses, test metrics, speed)."""
 
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch."""
 
 
 class Trainer:
-    """Trains any :class:`~genkit.Model` with Adam; resumable through :meth:`state_dict`."""
+    """Trains any ``genkit.Model`` with Adam; resumable through ``state_dict``."""
 
     def __init__(self, model: Model, config: TrainConfig | None = None, callbacks: list[Callback] | None = None):
         self.config = config or TrainConfig()
@@ -129,11 +150,14 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             loss_module = DistributedDataParallel(loss_module, device_ids=device_ids)
         self.loss_module = torch.compile(loss_module) if self.config.compile else loss_module
-        use_amp = self.config.amp and self.device.type == "cuda"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+        amp = self.config.amp
+        use_amp = amp is True or (amp is None and self.device.type == "cuda")
+        kind = self.device.type
+        self.autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
     # -- state for checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Epoch, model, optimizer and history: everything a resume needs."""
         # No RNG state is needed: every epoch reseeds from (seed, epoch, rank), so a resumed run repeats
         # exactly what an uninterrupted one does.
         return {
@@ -144,6 +168,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict()``."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
@@ -188,6 +213,7 @@ class Trainer:
         return self.history
 
     def train_epoch(self, images: torch.Tensor) -> dict[str, float]:
+        """One pass over ``images`` (already on the device); returns the mean loss terms."""
         model, cfg = self.model, self.config
         model.train()
         shuffle_rng, noise_rng = self._seed_epoch()

@@ -175,3 +175,18 @@ def test_missing_dataset_without_network_is_one_clear_line(tmp_path, monkeypatch
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     with pytest.raises(genkit.DataError, match=r"could not be downloaded.*put train-images-idx3-ubyte.gz"):
         load_dataset("mnist", tmp_path)
+
+
+def test_bf16_autocast_on_the_cpu_is_opt_in(tiny_images):
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=4, channels=8, hidden=32)
+    trainer = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=3e-3, amp=True, **QUIET))
+    with trainer.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    history = trainer.fit(data_of(tiny_images))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    default = Trainer(genkit.get_model("ae"), TrainConfig(**QUIET))
+    with default.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(genkit.ConfigError, match="amp must be"):
+        TrainConfig(amp="yes")

@@ -17,7 +17,7 @@ _CHUNK_VALUES = 1 << 24
 class GaussianMixturePrior(Prior):
     """Gaussian mixture (full covariance) fitted to training codes by EM: ex-post density estimation.
 
-    Build it with ``GaussianMixturePrior(latent, components=10)``, then call :meth:`fit` on the latent codes
+    Build it with ``GaussianMixturePrior(latent, components=10)``, then call ``fit`` on the latent codes
     of the training set (``genkit.priors.fit_prior(model, "gmm", images)`` does both and installs it).
     EM starts from a seeded k-means++ initialisation refined by a few Lloyd steps, runs in float64 on the
     codes' device, and adds ``reg_covar`` times the average code variance to every covariance's diagonal.
@@ -54,7 +54,7 @@ class GaussianMixturePrior(Prior):
         self.reg_covar = reg_covar
         self.kmeans_iter = kmeans_iter
         self.seed = seed
-        #: After :meth:`fit`: iterations run, whether EM converged, and the final mean log-likelihood per code.
+        #: After ``fit``: iterations run, whether EM converged, and the final mean log-likelihood per code.
         self.fit_info: dict[str, Any] = {}
         self.register_buffer("weights", torch.full((components,), 1.0 / components))
         self.register_buffer("means", torch.zeros(components, latent))
