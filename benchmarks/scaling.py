@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.results_io import write_results
+from genkit.train import device_name
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args(argv)
     gpus = torch.cuda.device_count()
     if args.device == "cuda" and gpus < args.nproc:
@@ -52,19 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     single, multi = rows[0]["images_per_second"], rows[1]["images_per_second"]
     record = {
         "device": args.device,
-        "device_name": torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(torch.device(args.device)),
         "cpu_count": os.cpu_count(),
         "gpus": gpus,
-        "settings": vars(args),
+        "settings": {k: v for k, v in vars(args).items() if k != "results"},
         "rows": rows,
         "speedup": multi / single,
         "efficiency": multi / (args.nproc * single),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"scaling-{args.device}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         f"# DDP scaling: {args.model} (latent 16), global batch {args.batch_size}, {args.images} images, {args.device}",
         "",
@@ -77,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Speed-up {record['speedup']:.2f}x, scaling efficiency {100 * record['efficiency']:.0f}%.",
     ]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.results / f"scaling-{args.device}.json", record, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

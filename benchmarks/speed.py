@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import multiprocessing as mp
-import platform
 import resource
 import shutil
 import tempfile
@@ -27,8 +25,9 @@ from typing import Any
 import torch
 
 import genkit
+from benchmarks.results_io import write_results
 from genkit.data import data_root, load_dataset
-from genkit.train import TrainConfig, Trainer, select_device
+from genkit.train import TrainConfig, Trainer, device_name, select_device
 
 RESULTS = Path(__file__).parent / "results"
 #: relative difference in test loss after equal steps that still counts as "the same training"
@@ -156,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--latent", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="also use torch.compile in genkit's trainer")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args(argv)
     device = select_device(args.device)
     load_dataset("mnist")  # fail early, with genkit's message, if the data is missing
@@ -168,13 +168,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loss_diff = abs(fast["test_loss"] - plain["test_loss"]) / plain["test_loss"]
     record = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "model": "vae-conv",
-        "settings": vars(args),
+        "settings": {k: v for k, v in vars(args).items() if k != "results"},
         "plain_dataloader": plain,
         "genkit_trainer": fast,
         "genkit_trainer_bf16": bf16,
@@ -183,11 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_loss_tolerance": LOSS_TOLERANCE,
         "same_training": loss_diff <= LOSS_TOLERANCE,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"speed-{device.type}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    write_results(args.results / f"speed-{device.type}.json", record, markdown(record))
     return record
 
 

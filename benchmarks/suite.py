@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,10 +22,11 @@ from typing import Any
 import torch
 
 import genkit
+from benchmarks.results_io import write_results
 from genkit import fid, metrics
 from genkit.data import ImageData, load_dataset
 from genkit.priors import fit_prior
-from genkit.train import TrainConfig, Trainer
+from genkit.train import TrainConfig, Trainer, device_name
 
 RESULTS = Path(__file__).parent / "results"
 DENOISING = ("gaussian:0.3", "gaussian:0.5", "gaussian:0.7", "salt-pepper:0.1", "salt-pepper:0.3", "masking:0.5")
@@ -165,17 +165,12 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
         "fid_protocol": fid.protocol()
         | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "genkit": genkit.__version__,
         "results": rows,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    write_results(out, record, markdown(record))
     return record
 
 

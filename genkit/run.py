@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from genkit.data import ImageData, load_dataset
 from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
-from genkit.train import Callback, TrainConfig, Trainer
+from genkit.train import Callback, TrainConfig, Trainer, device_name
 
 #: Noise used for the denoising picture and PSNR when the model was not trained with noise.
 DEFAULT_EVAL_NOISE = "gaussian:0.5"
@@ -251,9 +250,7 @@ def _train_and_report(
         "model": config["model"],
         "dataset": config["data"]["dataset"],
         "device": str(trainer.device),
-        "device_name": torch.cuda.get_device_name(trainer.device)
-        if trainer.device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(trainer.device),
         "train_images": len(train),
         "test_images": len(test),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import platform
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,13 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps asked for, but MPS is not available: use --device cpu")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of ``device``: the GPU's model, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 class Callback:

@@ -1,0 +1,46 @@
+"""The benchmark scripts end to end on tiny protocols: they run, and what they write is complete and honest."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import speed, suite
+from genkit import fid
+
+
+@pytest.fixture
+def fid_weights():
+    if not fid.weights_path().is_file():
+        pytest.skip("FID weights not in the torch hub cache (set TORCH_HOME as .ci/run does)")
+
+
+def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
+    protocol = suite.Protocol(
+        "tiny", epochs=2, train_limit=8192, test_limit=64, fid_samples=48, gmm_components=2, entries=[suite.Entry("ae")]
+    )
+    out = tmp_path / "mnist-cpu-tiny.json"
+    record = suite.run(protocol, torch.device("cpu"), out)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(record))
+    row = saved["results"][0]
+    assert 0 < row["test_mse"] < 0.06  # the mean image scores about 0.067
+    assert set(row["psnr"]) == set(suite.DENOISING)
+    for spec, pair in row["psnr"].items():
+        assert 0 < pair["noisy"] < 40 and 0 < pair["output"] < 40, spec
+    assert row["fid"]["normal"] > 0 and row["fid"]["gmm"] > 0
+    assert saved["fid_protocol"]["samples"] == 48 and saved["fid_protocol"]["weights_sha256"]
+    table = out.with_suffix(".md").read_text()
+    assert f"| ae | {row['test_mse']:.4f} | {row['fid']['normal']:.1f} | {row['fid']['gmm']:.1f} |" in table
+
+
+def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
+    record = speed.main(["--device", "cpu", "--steps", "3", "--warmup", "1", "--results", str(tmp_path)])
+    for loop in ("plain_dataloader", "genkit_trainer", "genkit_trainer_bf16"):
+        assert record[loop]["images_per_second"] > 0 and record[loop]["test_loss"] > 0
+    assert record["speedup"] == pytest.approx(
+        record["genkit_trainer"]["images_per_second"] / record["plain_dataloader"]["images_per_second"]
+    )
+    assert (tmp_path / "speed-cpu.json").is_file() and "Speed-up (genkit / plain)" in (
+        tmp_path / "speed-cpu.md"
+    ).read_text()
