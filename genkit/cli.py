@@ -40,7 +40,8 @@ def cli(debug: bool) -> None:
 def list_cmd(pattern: str | None, kind: str) -> None:
     """List registered plugins (optionally matching a PATTERN such as '*vae*'); broken ones are flagged."""
     reg = KINDS[kind]
-    rows = [(info, obj) for info, obj in reg.status() if pattern is None or _match(info.name, pattern)]
+    wanted = set(reg.names(pattern))
+    rows = [(info, obj) for info, obj in reg.status() if info.name in wanted]
     if not rows:
         click.echo(f"no {kind} plugins" + (f" match {pattern!r}" if pattern else ""))
         return
@@ -50,12 +51,6 @@ def list_cmd(pattern: str | None, kind: str) -> None:
             click.echo(f"{info.name:<{width}}  BROKEN  {obj}")
         else:
             click.echo(f"{info.name:<{width}}  {_first_line(obj)}  [{info.distribution}]")
-
-
-def _match(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatch(name, pattern)
 
 
 def _first_line(obj: object) -> str:
@@ -161,7 +156,7 @@ def run(
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-N.png].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-PRIOR-N.png].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--prior",
@@ -215,11 +210,12 @@ def encode(run_dir: str, images: tuple[str, ...], output: str) -> None:
     """Compress IMAGES to latent codes (float16) in an .npz; report the rate and the reconstruction PSNR."""
     model = load_model(run_dir)
     batch = load_images(list(images), model.config.image_size, model.config.image_channels)
-    codes = model.encode(batch).mean.detach().to(torch.float16)
+    with torch.no_grad():
+        codes = model.encode(batch).mean.to(torch.float16)
+        quality = psnr(model.decode(codes.float()), batch)  # what a decoder will see: the float16 codes
     np.savez(output, codes=codes.numpy(), names=np.array([Path(p).name for p in images]))
     raw = batch[0].numel()  # 8-bit pixels
     coded = codes[0].numel() * codes.element_size()
-    quality = psnr(model.decode(codes.float()), batch)
     click.echo(
         f"{len(images)} image(s) -> {output}: {coded} bytes/image vs {raw} raw ({raw / coded:.1f}x smaller), "
         f"reconstruction PSNR {quality:.2f} dB"

@@ -33,7 +33,6 @@ from genkit.train import Callback, TrainConfig, Trainer, device_name
 
 #: Noise used for the denoising picture and PSNR when the model was not trained with noise.
 DEFAULT_EVAL_NOISE = "gaussian:0.5"
-GENKIT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 
 Log = Callable[[str], None]
 
@@ -75,14 +74,19 @@ def new_run_dir(model: str, dataset: str, out: str | os.PathLike[str] | None, ov
             candidate = base.with_name(f"{base.name}-{i}")
         out = candidate
     run_dir = Path(out)
+    _refuse_existing(run_dir, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _refuse_existing(run_dir: Path, overwrite: bool) -> None:
+    """A folder holding files is never written into unless ``overwrite`` (and genkit never deletes files)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} exists and is not a folder: choose another --out")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise RunExistsError(
             f"{run_dir} already exists and is not empty: pass --overwrite, choose another --out, or --resume it"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def _load_data(dataset: str, data_dir: str | None, model: Model, limit: int | None) -> tuple[ImageData, ImageData]:
@@ -144,11 +148,8 @@ def check_run(
 ) -> None:
     """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
     _prepare(model_name, model_options, train or TrainConfig(), dataset, data_dir, limit)
-    folder = Path(out) if out is not None else None
-    if folder is not None and folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise RunExistsError(
-            f"{folder} already exists and is not empty: pass --overwrite, choose another --out, or --resume it"
-        )
+    if out is not None:
+        _refuse_existing(Path(out), overwrite)
 
 
 def start_run(
@@ -301,7 +302,7 @@ def _train_and_report(
 def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_dir: str | None = None) -> Path:
     """Install the prior ``name`` on a run's model, fitted to its training codes (cached as ``prior-NAME.safetensors``).
 
-    ``normal`` keeps the model's own prior. Returns the path of the cached prior file.
+    A cached fit is reused; a damaged cache is fitted again. Returns the path of the cached prior file.
     """
     from safetensors.torch import load_file, save_file
 

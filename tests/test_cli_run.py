@@ -117,3 +117,17 @@ def test_bad_values_exit_2_with_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_sample_from_a_fitted_gmm_prior_is_cached(finished_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run[0], run_dir)
+    assert main(["sample", str(run_dir), "--prior", "gmm", "-n", "8", "-o", str(tmp_path / "a.png")]) == 0
+    cached = run_dir / "prior-gmm.safetensors"
+    assert cached.is_file() and "gmm prior:" in capsys.readouterr().out
+    stamp = cached.stat().st_mtime_ns
+    assert main(["sample", str(run_dir), "--prior", "gmm", "-n", "8", "-o", str(tmp_path / "b.png")]) == 0
+    assert cached.stat().st_mtime_ns == stamp, "the fitted prior should be reused, not fitted again"
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
