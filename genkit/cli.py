@@ -109,6 +109,8 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N training and N test images (quick runs).")
+@click.option("--stream", is_flag=True, help="Read an image folder's training images from disk each epoch.")
+@click.option("--workers", type=click.IntRange(min=0), help="Loader processes for --stream [default: 2].")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on CUDA only; --amp also on the CPU].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(min=1), help="Train with N processes (DDP through torchrun).")
@@ -125,6 +127,7 @@ def run(
     out: str | None,
     overwrite: bool,
     limit: int | None,
+    stream: bool,
     quiet: bool,
     nproc: int | None,
     **train: Any,
@@ -147,6 +150,7 @@ def run(
     options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
     config = _train_options(progress=not quiet, **train)
     where = {"dataset": dataset, "data_dir": data_dir, "out": out, "overwrite": overwrite, "limit": limit}
+    where["stream"] = stream
     if relaunch:
         check_run(model, options, config, **where)  # user errors: one line here, not one per process
         ctx.exit(_relaunch(nproc, ctx.obj["argv"]))

@@ -123,52 +123,116 @@ def _download(name: str, folder: str, root: Path) -> None:
         ) from None
 
 
-def load_image_folder(
-    path: str | os.PathLike[str], image_size: int = 28, channels: int = 1, test_fraction: float = 0.1, seed: int = 0
-) -> tuple[ImageData, ImageData]:
-    """Images under ``path`` (PNG/JPEG...), resized to ``image_size``; sub-folder names become labels.
+class ImageFolderStream(torch.utils.data.Dataset):
+    """Images of a folder read from disk when indexed, for folders too large to hold in memory.
 
-    A fixed, seeded ``test_fraction`` of the images is held out as the test split.
+    Items are ``(image, label)`` with the image (C, H, W) in [0, 1]; the trainer feeds them through a
+    ``DataLoader`` (with a ``DistributedSampler`` when several processes train).
     """
+
+    def __init__(
+        self, files: list[Path], labels: list[int], image_size: int, channels: int, name: str, classes: list[str]
+    ) -> None:
+        self.files, self.labels = files, labels
+        self.image_size, self.channels = image_size, channels
+        self.name, self.classes = name, classes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = _read_image(self.files[index], self.image_size, self.channels)
+        return image.float().div_(255.0), self.labels[index]
+
+    def subset(self, n: int | None) -> ImageFolderStream:
+        """The first ``n`` items (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return ImageFolderStream(
+            self.files[:n], self.labels[:n], self.image_size, self.channels, self.name, self.classes
+        )
+
+    def head(self, n: int) -> Tensor:
+        """The first ``n`` images as one batch (for checks before training)."""
+        return torch.stack([self[i][0] for i in range(min(n, len(self)))])
+
+
+def _read_image(file: Path, image_size: int, channels: int) -> Tensor:
+    """One image file as uint8 (C, H, W), converted to ``channels`` and resized; a one-line error otherwise."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
+    try:
+        with Image.open(file) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize(
+                (image_size, image_size), Image.Resampling.BILINEAR
+            )
+            return pil_to_tensor(img)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {file}: {exc}") from None
+
+
+def load_image_folder(
+    path: str | os.PathLike[str],
+    image_size: int = 28,
+    channels: int = 1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    stream: bool = False,
+) -> tuple[ImageData | ImageFolderStream, ImageData]:
+    """Images under ``path`` (PNG/JPEG...), resized to ``image_size``; sub-folder names become labels.
+
+    A fixed, seeded ``test_fraction`` of the images is held out as the test split (in memory). With
+    ``stream`` the training split stays on disk as an :class:`ImageFolderStream`.
+    """
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    if len(files) < 2:
+        raise DataError(f"{root} holds {len(files)} image; a train and a test split need at least 2")
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files})
-    mode = "L" if channels == 1 else "RGB"
-    images, labels = [], []
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-                images.append(pil_to_tensor(img))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from None
-        labels.append(classes.index(file.parent.relative_to(root).as_posix()))
-    data = ImageData(torch.stack(images).float().div_(255.0), torch.tensor(labels), root.name, classes)
-    if len(data) < 2:
-        raise DataError(f"{root} holds {len(data)} image; a train and a test split need at least 2")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, round(len(data) * test_fraction))
-    pick = lambda idx: ImageData(data.images[idx], data.labels[idx], data.name, classes)  # noqa: E731
-    return pick(order[n_test:]), pick(order[:n_test])
+    labels = [classes.index(p.parent.relative_to(root).as_posix()) for p in files]
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, round(len(files) * test_fraction))
+
+    def in_memory(indices: list[int]) -> ImageData:
+        images = torch.stack([_read_image(files[i], image_size, channels) for i in indices]).float().div_(255.0)
+        return ImageData(images, torch.tensor([labels[i] for i in indices]), root.name, classes)
+
+    train_indices, test_indices = order[n_test:], order[:n_test]
+    if stream:
+        train = ImageFolderStream(
+            [files[i] for i in train_indices],
+            [labels[i] for i in train_indices],
+            image_size,
+            channels,
+            root.name,
+            classes,
+        )
+        return train, in_memory(test_indices)
+    return in_memory(train_indices), in_memory(test_indices)
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, image_size: int = 28, channels: int = 1
-) -> tuple[ImageData, ImageData]:
-    """(train, test) for ``mnist``, ``fashion-mnist``, or a path to an image folder."""
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    image_size: int = 28,
+    channels: int = 1,
+    stream: bool = False,
+) -> tuple[ImageData | ImageFolderStream, ImageData]:
+    """(train, test) for ``mnist``, ``fashion-mnist``, or a path to an image folder.
+
+    ``stream`` keeps an image folder's training split on disk (MNIST-sized sets are always held in memory).
+    """
     if name in TORCHVISION_DATASETS:
         return load_torchvision_dataset(name, "train", data_dir), load_torchvision_dataset(name, "test", data_dir)
     if not name:
         raise DataError("no dataset given: use mnist, fashion-mnist, or the path of a folder of images")
     if _expand(name).is_dir():
-        return load_image_folder(_expand(name), image_size, channels)
+        return load_image_folder(_expand(name), image_size, channels, stream=stream)
     raise DataError(f"unknown dataset {name!r}: use mnist, fashion-mnist, or the path of a folder of images")
 
 

@@ -25,12 +25,14 @@ from genkit.checkpoint import (
     save_weights,
     write_json,
 )
-from genkit.data import ImageData, load_dataset
+from genkit.data import ImageData, ImageFolderStream, load_dataset
 from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
 from genkit.train import Callback, TrainConfig, Trainer, device_name
 
+#: Images a prior is fitted on when the training images are streamed from disk.
+FIT_IMAGES = 20_000
 #: Noise used for the denoising picture and PSNR when the model was not trained with noise.
 DEFAULT_EVAL_NOISE = "gaussian:0.5"
 
@@ -89,19 +91,21 @@ def _refuse_existing(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _load_data(dataset: str, data_dir: str | None, model: Model, limit: int | None) -> tuple[ImageData, ImageData]:
-    train, test = load_dataset(dataset, data_dir, model.config.image_size, model.config.image_channels)
+def _load_data(
+    dataset: str, data_dir: str | None, model: Model, limit: int | None, stream: bool = False
+) -> tuple[ImageData | ImageFolderStream, ImageData]:
+    train, test = load_dataset(dataset, data_dir, model.config.image_size, model.config.image_channels, stream)
     for split in (train, test):
-        if not torch.isfinite(split.images).all():
+        if isinstance(split, ImageData) and not torch.isfinite(split.images).all():
             raise ConfigError(f"dataset {dataset} contains NaN or infinite pixel values")
     return train.subset(limit), test.subset(limit)
 
 
-def _try_one_batch(model: Model, data: ImageData) -> None:
+def _try_one_batch(model: Model, data: ImageData | ImageFolderStream) -> None:
     """Run the model once on two training images, so that a broken plugin fails before any file is written."""
     if not len(data):
         return
-    batch = data.images[:2]
+    batch = data.images[:2] if isinstance(data, ImageData) else data.head(2)
     model.check_input(batch)
     model.eval()
     try:
@@ -126,12 +130,13 @@ def _prepare(
     dataset: str,
     data_dir: str | None,
     limit: int | None,
-) -> tuple[Model, ImageData, ImageData]:
+    stream: bool = False,
+) -> tuple[Model, ImageData | ImageFolderStream, ImageData]:
     if limit is not None and limit <= 0:
         raise ConfigError(f"limit must be positive, got {limit}")
     torch.manual_seed(train.seed)
     model = get_model(model_name, **(model_options or {}))
-    train_data, test_data = _load_data(dataset, data_dir, model, limit)
+    train_data, test_data = _load_data(dataset, data_dir, model, limit, stream)
     _try_one_batch(model, train_data)
     return model, train_data, test_data
 
@@ -145,9 +150,10 @@ def check_run(
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     limit: int | None = None,
+    stream: bool = False,
 ) -> None:
     """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
-    _prepare(model_name, model_options, train or TrainConfig(), dataset, data_dir, limit)
+    _prepare(model_name, model_options, train or TrainConfig(), dataset, data_dir, limit, stream)
     if out is not None:
         _refuse_existing(Path(out), overwrite)
 
@@ -161,11 +167,15 @@ def start_run(
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     limit: int | None = None,
+    stream: bool = False,
     log: Log = print,
 ) -> Path:
-    """Train ``model_name`` from scratch and write a run folder; returns its path."""
+    """Train ``model_name`` from scratch and write a run folder; returns its path.
+
+    ``stream`` reads an image folder's training images from disk every epoch instead of holding them in memory.
+    """
     train = train or TrainConfig()
-    model, train_data, test_data = _prepare(model_name, model_options, train, dataset, data_dir, limit)
+    model, train_data, test_data = _prepare(model_name, model_options, train, dataset, data_dir, limit, stream)
     trainer = Trainer(model, train)  # joins the process group when launched by torchrun
     run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite))
     config = {
@@ -174,7 +184,7 @@ def start_run(
         "model_config": model.config.to_dict(),
         "prior": None,
         "train": train.to_dict(),
-        "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit},
+        "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream},
     }
     if distributed.is_main():
         write_json(run_dir / CONFIG_FILE, config)
@@ -236,7 +246,8 @@ def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: 
         config["train"]["epochs"] = epochs
         write_json(run / CONFIG_FILE, config)
     log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}")
-    train_data, test_data = _load_data(data["dataset"], data.get("data_dir"), model, data.get("limit"))
+    stream = data.get("stream") is True
+    train_data, test_data = _load_data(data["dataset"], data.get("data_dir"), model, data.get("limit"), stream)
     return _train_and_report(run, config, model, trainer, train_data, test_data, log)
 
 
@@ -245,7 +256,13 @@ def _silent(message: str) -> None:
 
 
 def _train_and_report(
-    run_dir: Path, config: dict[str, Any], model: Model, trainer: Trainer, train: ImageData, test: ImageData, log: Log
+    run_dir: Path,
+    config: dict[str, Any],
+    model: Model,
+    trainer: Trainer,
+    train: ImageData | ImageFolderStream,
+    test: ImageData,
+    log: Log,
 ) -> Path:
     summary = {
         "model": config["model"],
@@ -322,8 +339,13 @@ def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_
             return path
     config = read_json(run / CONFIG_FILE)
     data = config.get("data") or {}
-    train, _ = _load_data(data.get("dataset", "mnist"), data_dir or data.get("data_dir"), model, data.get("limit"))
-    prior = fit_prior(model, name, train.images)
+    stream = data.get("stream") is True
+    train, _ = _load_data(
+        data.get("dataset", "mnist"), data_dir or data.get("data_dir"), model, data.get("limit"), stream
+    )
+    # a streamed folder may not fit in memory: fit on (at most) its first FIT_IMAGES images
+    images = train.images if isinstance(train, ImageData) else train.head(FIT_IMAGES)
+    prior = fit_prior(model, name, images)
     state = {k: v.detach().contiguous().cpu() for k, v in prior.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
     return path

@@ -11,12 +11,14 @@ import dataclasses
 import math
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
 from genkit import distributed, metrics
@@ -48,6 +50,7 @@ class TrainConfig:
             with bf16 support, at bf16 precision), ``False`` never.
         compile: ``torch.compile`` the loss computation.
         progress: show a progress bar.
+        workers: ``DataLoader`` worker processes for a dataset streamed from disk (``--stream``).
         eval_batch_size: images per batch when evaluating.
     """
 
@@ -62,8 +65,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss computation (pays off on GPUs for long runs)
     progress: bool = True
     eval_batch_size: int = 1000
+    workers: int = 2  # DataLoader worker processes, used only for datasets streamed from disk
 
     def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers must be a non-negative integer, got {self.workers!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -114,6 +120,18 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps asked for, but MPS is not available: use --device cpu")
     return device
+
+
+def epoch_sampler(
+    dataset: Dataset, world: int, rank: int, seed: int, epoch: int, generator: torch.Generator
+) -> Sampler:
+    """The order of a streamed epoch: PyTorch's ``DistributedSampler`` (a disjoint shard per process) when
+    several processes train, else a seeded random permutation."""
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return sampler
+    return RandomSampler(dataset, generator=generator)
 
 
 def device_name(device: torch.device) -> str:
@@ -196,18 +214,20 @@ class Trainer:
         warmup = self.config.kl_warmup
         return 1.0 if warmup == 0 else min(1.0, progress / warmup)
 
-    def fit(self, train: ImageData, test: ImageData | None = None) -> list[dict[str, Any]]:
+    def fit(self, train: ImageData | Dataset, test: ImageData | None = None) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done (continuing after a resume); returns the history."""
         if len(train) == 0:
             raise TrainingError("the training set is empty")
-        self.model.check_input(train.images[:1])
-        train_images = train.images.to(self.device)
+        streamed = not isinstance(train, ImageData)
+        self.model.check_input(train.head(1) if streamed else train.images[:1])
+        train_images = None if streamed else train.images.to(self.device)
         for callback in self.callbacks:
             callback.on_train_start(self)
         while self.epoch < self.config.epochs:
             started = time.perf_counter()
             record: dict[str, Any] = {"epoch": self.epoch + 1}
-            record.update({f"train_{k}": v for k, v in self.train_epoch(train_images).items()})
+            terms = self.train_epoch_streamed(train) if train_images is None else self.train_epoch(train_images)
+            record.update({f"train_{k}": v for k, v in terms.items()})
             record["train_seconds"] = time.perf_counter() - started
             record["images_per_second"] = len(train) / record["train_seconds"]
             if test is not None and len(test):
@@ -222,22 +242,38 @@ class Trainer:
 
     def train_epoch(self, images: torch.Tensor) -> dict[str, float]:
         """One pass over ``images`` (already on the device); returns the mean loss terms."""
-        model, cfg = self.model, self.config
-        model.train()
         shuffle_rng, noise_rng = self._seed_epoch()
         order = torch.randperm(images.shape[0], generator=shuffle_rng).to(self.device)
         # Every process walks the same global batches and trains on its own slice of each.
-        batches = [b for b in order.split(cfg.batch_size) if len(b) >= self.world]
+        batches = [b for b in order.split(self.config.batch_size) if len(b) >= self.world]
+        local = (images[b.tensor_split(self.world)[self.rank]] for b in batches)
+        return self._run_batches(local, len(batches), noise_rng)
+
+    def train_epoch_streamed(self, dataset: Dataset) -> dict[str, float]:
+        """One pass over a dataset read from disk; each process reads its own shard (``DistributedSampler``)."""
+        shuffle_rng, noise_rng = self._seed_epoch()
+        loader = DataLoader(
+            dataset,
+            batch_size=self.config.batch_size // self.world,
+            sampler=epoch_sampler(dataset, self.world, self.rank, self.config.seed, self.epoch, shuffle_rng),
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        batches = (images.to(self.device, non_blocking=True) for images, _ in loader)
+        return self._run_batches(batches, len(loader), noise_rng)
+
+    def _run_batches(self, batches: Iterable[torch.Tensor], count: int, noise_rng: torch.Generator) -> dict[str, float]:
+        model, cfg = self.model, self.config
+        model.train()
         sums: dict[str, torch.Tensor] = {}
+        seen = 0
         show = cfg.progress and distributed.is_main()
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for step, global_index in enumerate(bar):
-            index = global_index.tensor_split(self.world)[self.rank]
-            clean = images[index]
+        bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        for step, clean in enumerate(bar):
             noisy = self.noise(clean, noise_rng) if self.noise else clean
             with self.autocast():
                 out = LossOutput(self.loss_module(noisy, clean))
-            loss = out.weighted({"kl": self.kl_weight(self.epoch + step / len(batches))})
+            loss = out.weighted({"kl": self.kl_weight(self.epoch + step / count)})
             # Stop before a non-finite loss can reach the weights: the last checkpoint stays good.
             if not self._all_finite(loss):
                 raise TrainingError(
@@ -247,15 +283,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            seen += len(clean)
             for name, value in out.terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float() * len(index)
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * len(clean)
             if step % 20 == 0 and show:
-                seen = (step + 1) * cfg.batch_size / self.world
                 bar.set_postfix({k: f"{v.item() / seen:.2f}" for k, v in sums.items()})
         names = sorted(sums)
-        totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in names]).cpu() if names else torch.zeros(0))
-        n = sum(len(b) for b in batches)
-        terms = {name: value.item() / n for name, value in zip(names, totals, strict=True)}
+        local = torch.stack([*(sums[k].cpu() for k in names), torch.tensor(float(seen))])
+        totals = distributed.all_reduce_sum(local)
+        terms = {name: value.item() / totals[-1].item() for name, value in zip(names, totals[:-1], strict=True)}
         terms["loss"] = sum(terms.values())
         return terms
 

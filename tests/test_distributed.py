@@ -50,6 +50,17 @@ def test_two_processes_match_one_and_resume(image_folder, tmp_path):
         torch.testing.assert_close(resumed[key], two[key], rtol=0, atol=ATOL, msg=key)
 
 
+def test_streamed_folder_under_two_processes(image_folder, tmp_path):
+    """An image folder read from disk: PyTorch's DistributedSampler gives each process its shard."""
+    args = [*MODEL, "--dataset", str(image_folder), "--stream", "--workers", "0", "--epochs", "2"]
+    genkit_run([*args, "--out", str(tmp_path / "run")], nproc=2)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+    assert metrics["epochs"][1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
+    assert not list((tmp_path / "run").glob(".*tmp"))
+
+
 def test_batch_must_divide_among_processes(image_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [
