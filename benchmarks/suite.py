@@ -23,7 +23,7 @@ import torch
 
 import genkit
 from benchmarks.results_io import write_results
-from genkit import fid, metrics
+from genkit import fid
 from genkit.data import ImageData, load_dataset
 from genkit.priors import fit_prior
 from genkit.train import TrainConfig, Trainer, device_name
@@ -86,28 +86,14 @@ PROTOCOLS = {
 }
 
 
-def score(
-    model: genkit.Model, train: ImageData, test: ImageData, protocol: Protocol, reference: tuple
-) -> dict[str, Any]:
-    """MSE, denoising PSNR and FID (N(0, I) and GMM priors) of a trained model."""
-    model.eval()
-    device = model.device
-    result: dict[str, Any] = {}
-    with torch.no_grad():
-        recon = torch.cat(
-            [model.reconstruct(test.images[i : i + 1000].to(device)).cpu() for i in range(0, len(test), 1000)]
-        )
-        result["test_mse"] = metrics.mse(recon, test.images)
-        result["psnr"] = {}
-        for spec in DENOISING:
-            noise = genkit.get_noise(spec)
-            generator = genkit.seeded_generator(protocol.seed, device)
-            noisy = torch.cat(
-                [noise(test.images[i : i + 1000].to(device), generator) for i in range(0, len(test), 1000)]
-            )
-            out = torch.cat([model.reconstruct(noisy[i : i + 1000]) for i in range(0, len(noisy), 1000)])
-            clean = test.images.to(device)
-            result["psnr"][spec] = {"noisy": metrics.psnr(noisy, clean), "output": metrics.psnr(out, clean)}
+def score(trainer: Trainer, train: ImageData, test: ImageData, protocol: Protocol, reference: tuple) -> dict[str, Any]:
+    """MSE, denoising PSNR (through the trainer's own evaluation) and FID (N(0, I) and GMM priors)."""
+    model, device = trainer.model, trainer.device
+    result: dict[str, Any] = {"psnr": {}}
+    for spec in DENOISING:
+        scores = trainer.evaluate(test, genkit.get_noise(spec))
+        result["test_mse"] = scores["mse"]  # the same for every noise: reconstructions of the clean images
+        result["psnr"][spec] = {"noisy": scores["psnr_noisy"], "output": scores["psnr_denoised"]}
     result["fid"] = {}
     for prior in ("normal", "gmm"):
         if prior == "gmm":
@@ -146,7 +132,8 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             progress=sys.stderr.isatty(),
         )
         started = time.perf_counter()
-        history = Trainer(model, config).fit(train)
+        trainer = Trainer(model, config)
+        history = trainer.fit(train)
         wall = time.perf_counter() - started
         train_seconds = sum(r["train_seconds"] for r in history)
         row = {
@@ -156,7 +143,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             "train_noise": entry.noise,
             "wall_seconds": wall,
             "images_per_second": len(train) * len(history) / train_seconds,
-            **score(model, train, test, protocol, reference),
+            **score(trainer, train, test, protocol, reference),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -101,9 +101,22 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def save_tensors(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A module's state as a safetensors file (on the CPU), written by write-then-rename."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
 def save_weights(model: Model, path: Path) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"model": model.name}))
+    """The model's weights as ``model.safetensors`` (named by its registry name in the metadata)."""
+    save_tensors(model, path, metadata={"model": model.name})
+
+
+def run_config(model: Model, prior: str | None = None) -> dict[str, Any]:
+    """The part of ``config.json`` that rebuilds a model: its registry name, config and prior."""
+    from genkit import __version__
+
+    return {"genkit_version": __version__, "model": model.name, "model_config": model.config.to_dict(), "prior": prior}
 
 
 def load_weights(model: Model, path: Path) -> None:
@@ -249,14 +262,6 @@ def save_run(
     taken = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (run / name).exists()]
     if taken and not overwrite:
         raise RunExistsError(f"{run} already holds {' and '.join(taken)}: pass overwrite=True or choose another folder")
-    from genkit import __version__
-
-    config = {
-        "genkit_version": __version__,
-        "model": model.name,
-        "model_config": model.config.to_dict(),
-        "prior": prior,
-    }
-    write_json(run / CONFIG_FILE, config)
+    write_json(run / CONFIG_FILE, run_config(model, prior))
     save_weights(model, run / WEIGHTS_FILE)
     return run

@@ -10,18 +10,19 @@ from typing import Any
 
 import torch
 
-from genkit import __version__, distributed, report
+from genkit import distributed, report
 from genkit.checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
-    atomic_write,
     build_model_from_config,
     load_checkpoint,
     read_json,
     remove_stale_temporaries,
+    run_config,
     save_checkpoint,
+    save_tensors,
     save_weights,
     write_json,
 )
@@ -179,10 +180,7 @@ def start_run(
     trainer = Trainer(model, train)  # joins the process group when launched by torchrun
     run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite))
     config = {
-        "genkit_version": __version__,
-        "model": model_name,
-        "model_config": model.config.to_dict(),
-        "prior": None,
+        **run_config(model),
         "train": train.to_dict(),
         "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream},
     }
@@ -321,7 +319,7 @@ def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_
 
     A cached fit is reused; a damaged cache is fitted again. Returns the path of the cached prior file.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from genkit.priors import fit_prior
     from genkit.registry import get_prior
@@ -346,6 +344,5 @@ def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_
     # a streamed folder may not fit in memory: fit on (at most) its first FIT_IMAGES images
     images = train.images if isinstance(train, ImageData) else train.head(FIT_IMAGES)
     prior = fit_prior(model, name, images)
-    state = {k: v.detach().contiguous().cpu() for k, v in prior.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    save_tensors(prior, path)
     return path

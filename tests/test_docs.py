@@ -317,12 +317,17 @@ def test_docs_have_a_run_block():
 # -- the pictures and their script ----------------------------------------------------------------------------------
 
 
-def _make_pictures() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("genkit_docs_make_pictures", DOCS / "make_pictures.py")
+def _docs_script(name: str) -> types.ModuleType:
+    """A Python file of docs/ (not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"genkit_docs_{name}", DOCS / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _make_pictures() -> types.ModuleType:
+    return _docs_script("make_pictures")
 
 
 def test_committed_pictures_come_from_the_documented_command():
@@ -366,11 +371,7 @@ def test_make_pictures_from_a_real_run(data_dir, tmp_path, monkeypatch, capsys):
 
 
 def _hooks() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("genkit_docs_hooks", DOCS / "hooks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _docs_script("hooks")
 
 
 def test_hook_includes_benchmark_tables_as_written(tmp_path):
