@@ -28,6 +28,7 @@ TRAIN_FLAGS = {
     "epochs": "--epochs",
     "batch_size": "--batch-size",
     "lr": "--lr",
+    "lr_schedule": "--lr-schedule",
     "seed": "--seed",
     "noise": "--noise",
     "kl_warmup": "--kl-warmup",

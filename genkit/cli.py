@@ -16,7 +16,7 @@ import torch
 from genkit import distributed, registry, report
 from genkit.checkpoint import load_model, read_json
 from genkit.data import DATA_ENV, load_images, save_png
-from genkit.errors import ConfigError, DataError, GenkitError, ShapeError
+from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
 from genkit.registry import get_noise
@@ -99,6 +99,9 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train [default: 10].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size [default: 128].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [default: 1e-3].")
+@click.option(
+    "--lr-schedule", type=click.Choice(["constant", "cosine"]), help="cosine: decay lr to 0 [default: constant]."
+)
 @click.option("--seed", type=int, help="Random seed [default: 0].")
 @click.option("--noise", metavar="NAME:LEVEL", help="Train a denoiser on noisy inputs, e.g. gaussian:0.5.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up [default: 0].")
@@ -267,8 +270,6 @@ def _check_image_suffix(path: Path) -> None:
 
 def _relaunch(nproc: int, argv: list[str]) -> int:
     """Run the same command under torchrun in ``nproc`` processes; returns its exit code."""
-    import subprocess
-
     args, skip = [], False
     for arg in argv:
         if skip:
@@ -277,9 +278,7 @@ def _relaunch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    code = subprocess.run(distributed.torchrun_command(nproc, args), check=False).returncode
-    if code:
-        _echo_error(f"the {nproc}-process run failed (torchrun exit {code}); its processes' messages are above")
+    code = distributed.launch(nproc, args, verbose=_debug_wanted(argv))
     return 2 if code else 0
 
 
@@ -289,10 +288,14 @@ def _echo_error(message: str) -> None:
     click.echo(f"genkit: error: {one_line}", err=True)
 
 
+def _debug_wanted(args: Sequence[str]) -> bool:
+    return "--debug" in args or os.environ.get("GENKIT_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code; errors become one line on stderr (``--debug`` re-raises)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("GENKIT_DEBUG", "") not in ("", "0")
+    debug = _debug_wanted(args)
     try:
         result = cli.main(args=args, prog_name="genkit", standalone_mode=False, obj={"argv": args})
         return result if isinstance(result, int) else 0
@@ -301,15 +304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2  # a usage error (click gives exit code 1 to some, which here means an internal error)
     except click.Abort as exc:  # click turns Ctrl-C into Abort, after a blank line that ends the terminal's ^C
         interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
-        _echo_error("interrupted; a run can be continued with --resume RUN_DIR" if interrupted else "aborted")
+        if not distributed.launched():  # under torchrun the launching process reports it, once
+            _echo_error("interrupted; a run can be continued with --resume RUN_DIR" if interrupted else "aborted")
         return 130
     except GenkitError as exc:
         if debug:
             raise
-        _echo_error(str(exc))
+        # Every process of a distributed run stops on the same training error: the main one reports it.
+        if not (isinstance(exc, TrainingError) and not distributed.is_main()):
+            _echo_error(str(exc))
         return 2
     except KeyboardInterrupt:
-        _echo_error("interrupted; a run can be continued with --resume RUN_DIR")
+        if not distributed.launched():
+            _echo_error("interrupted; a run can be continued with --resume RUN_DIR")
         return 130
     except OSError as exc:  # the environment, not genkit: a full disk, a missing or unwritable folder
         if debug:

@@ -6,6 +6,7 @@ which calls torchrun) sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, and the train
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -84,17 +85,28 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """The torchrun command that runs ``genkit ARGS`` in ``nproc`` processes on this machine."""
-    import sys
+def launch(nproc: int, args: list[str], verbose: bool = False) -> int:
+    """Run ``genkit ARGS`` in ``nproc`` processes on this machine, as torchrun does; returns the exit code.
 
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "genkit",
-        *args,
-    ]
+    torchrun itself would end a failed run with a traceback of its own and log lines from every process;
+    the processes' own one-line errors are what a user needs, so those are left alone (``verbose`` keeps all).
+    """
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if not verbose:  # torch's elastic modules each set their own level: quiet them one by one
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed.elastic"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    options = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "genkit", *args])
+    try:
+        torchrun.run(options)
+    except SignalException as exc:  # Ctrl-C or kill: the processes were stopped; report it as Python does
+        raise KeyboardInterrupt from exc
+    except ChildFailedError as exc:
+        if verbose:
+            raise
+        return exc.get_first_failure()[1].exitcode or 1
+    return 0

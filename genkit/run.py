@@ -61,9 +61,10 @@ class CheckpointEveryEpoch(Callback):
         self.saved = saved  # the epoch of the checkpoint on disk
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, trainer.state_dict())
-        save_weights(trainer.model, self.run_dir / WEIGHTS_FILE)
-        write_json(self.run_dir / METRICS_FILE, {**self.summary, "epochs": trainer.history})
+        if distributed.is_main():  # the others only count, so that their messages name the same checkpoint
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, trainer.state_dict())
+            save_weights(trainer.model, self.run_dir / WEIGHTS_FILE)
+            write_json(self.run_dir / METRICS_FILE, {**self.summary, "epochs": trainer.history})
         self.saved = trainer.epoch
 
 
@@ -271,11 +272,10 @@ def _train_and_report(
         "test_images": len(test),
     }
     checkpoint = CheckpointEveryEpoch(run_dir, summary, saved=trainer.epoch)
-    trainer.callbacks.append(StopOnNonFiniteWeights())  # on every process, so that all of them stop together
+    # on every process, so that all of them stop together and name the same checkpoint
+    trainer.callbacks += [StopOnNonFiniteWeights(), checkpoint]
     if not distributed.is_main():
         log = _silent
-    else:
-        trainer.callbacks.append(checkpoint)
     summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
     started = time.perf_counter()

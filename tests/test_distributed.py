@@ -2,13 +2,16 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from genkit.checkpoint import load_checkpoint, load_model
+from tests.conftest import write_distribution
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -80,3 +83,61 @@ def test_batch_must_divide_among_processes(image_folder, tmp_path):
         result.stderr
         == "genkit: error: batch size must be divisible by the 2 processes: change --batch-size or --nproc\n"
     )
+
+
+NAN_ON_ONE_RANK = """
+    import torch.distributed as dist
+    from genkit_plugins.ae import ConvAutoencoder
+
+    class NaNOnRankOne(ConvAutoencoder):
+        '''An autoencoder whose loss turns NaN on the second process only, at epoch 2, step 3.'''
+
+        calls = 0
+
+        def loss(self, x, target=None):
+            out = super().loss(x, target)
+            if self.training and dist.get_rank() == 1:
+                type(self).calls += 1
+                if type(self).calls == 4 + 3:  # 4 steps an epoch: 58 training images in global batches of 16
+                    out.terms["reconstruction"] = out.terms["reconstruction"] * float("nan")
+            return out
+"""
+
+
+def test_non_finite_loss_on_one_process_stops_every_process(plugin_site, image_folder, tmp_path):
+    write_distribution(plugin_site, "nan-pkg", {"genkit.models": {"nan-ae": "fake_nan:NaNOnRankOne"}},
+                       {"fake_nan": NAN_ON_ONE_RANK})  # fmt: skip
+    run = tmp_path / "run"
+    args = ["nan-ae", *MODEL[1:], "--dataset", str(image_folder), "--epochs", "3", "--out", str(run), "--nproc", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "genkit", "run", *args], capture_output=True, text=True, env=env,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    # one line from the main process; no traceback or log lines from torchrun
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("genkit: error: the loss became nan at epoch 2, step 3;")
+    assert f"the checkpoint of epoch 1 is kept in {run}" in lines[0]
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in load_model(run).state_dict().values())
+
+
+def test_ctrl_c_stops_every_process_with_one_line_and_the_run_resumes(image_folder, tmp_path):
+    run = tmp_path / "run"
+    args = [*MODEL[:-3], "--batch-size", "2", "--epochs", "1000", "--quiet", "--dataset", str(image_folder)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "genkit", "run", *args, "--out", str(run), "--nproc", "2"],
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group gets it
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("training ")]
+    assert lines == ["genkit: error: interrupted; a run can be continued with --resume RUN_DIR"], err[-3000:]
+    epoch = load_checkpoint(run / "checkpoint.pt")["epoch"]
+    assert epoch >= 1
+    genkit_run(["--resume", str(run), "--epochs", str(epoch + 1), "--quiet"], nproc=2)
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == epoch + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import pickle
 import shutil
 import signal
@@ -480,8 +481,9 @@ def data_of(images: torch.Tensor) -> ImageData:
     return ImageData(images, torch.zeros(len(images), dtype=torch.long))
 
 
+@pytest.mark.parametrize("sync_every", [1, 3, 50])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_pixel_stops_at_the_step_that_sees_it(bad, tiny_images):
+def test_non_finite_pixel_is_skipped_on_the_device_and_reported_at_the_next_sync(bad, sync_every, tiny_images):
     images = tiny_images.clone()
     images[37, 0, 14, 14] = bad
     model = genkit.get_model("vae-conv", **TINY)
@@ -495,10 +497,17 @@ def test_non_finite_pixel_stops_at_the_step_that_sees_it(bad, tiny_images):
 
     model.loss = spy
     trainer = Trainer(model, TrainConfig(epochs=2, batch_size=8, **QUIET))
+    trainer.sync_every = sync_every
     with pytest.raises(genkit.TrainingError, match=r"the loss became (nan|inf) at epoch 1, step (\d+);") as info:
         trainer.fit(data_of(images))
-    assert int(info.value.args[0].split("step ")[1].split(";")[0]) == steps.index(False) + 1 == len(steps)
+    bad_step = steps.index(False) + 1
+    assert int(info.value.args[0].split("step ")[1].split(";")[0]) == bad_step
+    per_epoch = math.ceil(len(images) / 8)
+    assert len(steps) == min(math.ceil(bad_step / sync_every) * sync_every, per_epoch)  # stopped at the next read
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never reached the weights
+    adam_steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert adam_steps == {len(steps) - 1}  # every step but the bad one was taken
+    assert not hasattr(trainer.optimizer, "found_inf")  # no stale flag for a later step
 
 
 class PoisonAfter(Callback):
@@ -526,7 +535,8 @@ def test_nan_in_the_data_mid_run_keeps_the_last_good_checkpoint(tiny_images, tmp
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]["epoch"] == 1
 
 
-POISONED_GRADIENT = """
+POISONED = """
+    import torch
     from genkit_plugins.vae import ConvVAE
 
     class PoisonedGradient(ConvVAE):
@@ -543,22 +553,45 @@ POISONED_GRADIENT = """
                     poison = 0.0 * (p - p.detach()).abs().sqrt().sum()  # 0, with a NaN gradient
                     out.terms["reconstruction"] = out.terms["reconstruction"] + poison
             return out
+
+    class PoisonedBuffer(ConvVAE):
+        '''A VAE whose running statistic (a buffer: no gradient) turns NaN at the last step of epoch 2.'''
+
+        calls = 0
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.register_buffer("running_mean", torch.zeros(()))
+
+        def loss(self, x, target=None):
+            if self.training:
+                type(self).calls += 1
+                if type(self).calls == 8:
+                    self.running_mean.fill_(float("nan"))
+            return super().loss(x, target)
 """
 
 
-def test_weights_turning_nan_with_a_finite_loss_are_never_saved(plugin_site, images, tmp_path, capsys):
-    write_distribution(plugin_site, "poison-pkg", {"genkit.models": {"poison": "fake_poison:PoisonedGradient"}},
-                       {"fake_poison": POISONED_GRADIENT})  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("poison-gradient", "the gradient became nan at epoch 2, step 4"),
+        ("poison-buffer", "the weights became NaN or infinite in epoch 2 (e.g. running_mean)"),
+    ],
+)
+def test_weights_turning_nan_with_a_finite_loss_are_never_saved(model, message, plugin_site, images, tmp_path, capsys):
+    entry_points = {"poison-gradient": "fake_poison:PoisonedGradient", "poison-buffer": "fake_poison:PoisonedBuffer"}
+    write_distribution(plugin_site, "poison-pkg", {"genkit.models": entry_points}, {"fake_poison": POISONED})
     run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", "poison", *TINY_ARGS, "--epochs", "3", "--batch-size", "16", "--quiet",
+    code, _, err = cli(capsys, "run", model, *TINY_ARGS, "--epochs", "3", "--batch-size", "16", "--quiet",
                        "--dataset", images, "--out", run)  # fmt: skip
     assert code == 2
     line = one_error_line(err)
-    assert "the weights became NaN or infinite in epoch 2" in line and "the checkpoint of epoch 1 is kept" in line
+    assert message in line and "the checkpoint of epoch 1 is kept" in line
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
-    assert all(torch.isfinite(p).all() for p in load_model(run).parameters())
+    assert all(torch.isfinite(v).all() for v in load_model(run).state_dict().values())
     metrics = json.loads((run / "metrics.json").read_text())
-    assert [r["epoch"] for r in metrics["epochs"]] == [1] and "weights became NaN" in metrics["stopped"]
+    assert [r["epoch"] for r in metrics["epochs"]] == [1] and message.split(" (")[0] in metrics["stopped"]
 
 
 def test_dataset_with_nan_pixels_is_refused_before_any_file_is_written(images, tmp_path, capsys, monkeypatch):

@@ -60,6 +60,18 @@ def test_config_dict_round_trip_and_errors():
         cls(image_size=30)
 
 
+@pytest.mark.parametrize("name", ["ae", "vae-conv"])
+def test_deeper_conv_nets_keep_shapes_and_add_layers(name):
+    shallow = genkit.get_model(name, latent=5, channels=4, hidden=16)
+    deep = genkit.get_model(name, latent=5, channels=4, hidden=16, blocks=2)
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) for model in (shallow, deep)]
+    assert convs[1] == convs[0] + 2 * 2 * 2  # two resolutions in the encoder and two in the decoder
+    x = torch.rand(3, 1, 28, 28)
+    assert deep.reconstruct(x).shape == x.shape and deep.encode(x).mean.shape == (3, 5)
+    with pytest.raises(genkit.ConfigError, match="blocks must be 0 or more, got -1"):
+        genkit.get_model(name, blocks=-1)
+
+
 def test_public_api_is_documented():
     for name in genkit.__all__:
         obj = getattr(genkit, name)

@@ -52,6 +52,27 @@ def test_training_is_deterministic_on_cpu(tiny_images):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
+    model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
+    trainer = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="cosine", **QUIET))
+    assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 4, 5)] == [0.01, 0.008536, 0.005, 0, 0]
+    seen = []
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record
+    trainer.fit(data_of(tiny_images))
+    assert len(seen) == 4 * 4 and seen[0] == 0.01  # 64 images in batches of 16, 4 epochs
+    assert all(a > b for a, b in zip(seen, seen[1:])) and seen[-1] == pytest.approx(0.01 * (1 - 0.9904), abs=1e-5)
+    constant = Trainer(model, TrainConfig(lr=0.01, **QUIET))
+    assert constant.learning_rate(0) == constant.learning_rate(7) == 0.01
+    with pytest.raises(genkit.ConfigError, match="unknown lr_schedule 'linear': use constant or cosine"):
+        TrainConfig(lr_schedule="linear")
+
+
 def test_kl_warmup_weight():
     trainer = Trainer(genkit.get_model("vae-conv"), TrainConfig(kl_warmup=4, **QUIET))
     assert [trainer.kl_weight(p) for p in (0, 1, 2, 4, 9)] == [0, 0.25, 0.5, 1, 1]

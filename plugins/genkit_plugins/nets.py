@@ -16,11 +16,14 @@ class ConvConfig(ModelConfig):
 
     channels: int = option(32, "channels of the first convolution (the second has twice as many)")
     hidden: int = option(256, "width of the fully connected layer between convolutions and latent")
+    blocks: int = option(0, "extra 3x3 convolutions after each resolution change (a deeper network)")
 
     positive = (*ModelConfig.positive, "channels", "hidden")
 
     def validate(self) -> None:
         super().validate()
+        if self.blocks < 0:
+            raise ConfigError(f"blocks must be 0 or more, got {self.blocks}")
         if self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 for the conv models, got {self.image_size}")
 
@@ -35,8 +38,10 @@ class ConvEncoder(Encoder):
         self.body = nn.Sequential(
             nn.Conv2d(config.image_channels, c, 4, 2, 1),
             nn.ReLU(),
+            *_refine(c, config.blocks),
             nn.Conv2d(c, 2 * c, 4, 2, 1),
             nn.ReLU(),
+            *_refine(2 * c, config.blocks),
             Rearrange("n c h w -> n (c h w)"),
             nn.Linear(2 * c * side * side, config.hidden),
             nn.ReLU(),
@@ -63,10 +68,20 @@ class ConvDecoder(Decoder):
             nn.Linear(config.hidden, 2 * c * side * side),
             nn.ReLU(),
             Rearrange("n (c h w) -> n c h w", c=2 * c, h=side, w=side),
+            *_refine(2 * c, config.blocks),
             nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
             nn.ReLU(),
+            *_refine(c, config.blocks),
             nn.ConvTranspose2d(c, config.image_channels, 4, 2, 1),
         )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.body(z)
+
+
+def _refine(channels: int, blocks: int) -> list[nn.Module]:
+    """``blocks`` 3x3 convolutions that keep the resolution and the channel count."""
+    layers: list[nn.Module] = []
+    for _ in range(blocks):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
+    return layers
