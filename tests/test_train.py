@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -66,7 +67,7 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
     trainer.optimizer.step = record
     trainer.fit(data_of(tiny_images))
     assert len(seen) == 4 * 4 and seen[0] == 0.01  # 64 images in batches of 16, 4 epochs
-    assert all(a > b for a, b in zip(seen, seen[1:])) and seen[-1] == pytest.approx(0.01 * (1 - 0.9904), abs=1e-5)
+    assert all(a > b for a, b in itertools.pairwise(seen)) and seen[-1] == pytest.approx(0.01 * (1 - 0.9904), abs=1e-5)
     constant = Trainer(model, TrainConfig(lr=0.01, **QUIET))
     assert constant.learning_rate(0) == constant.learning_rate(7) == 0.01
     with pytest.raises(genkit.ConfigError, match="unknown lr_schedule 'linear': use constant or cosine"):
