@@ -6,7 +6,9 @@
     python -m benchmarks.speed --device cpu --steps 200
 
 Each variant runs in its own process (so peak memory is its own) from the same seed; both then report the
-test loss after the same number of steps, to show that the fast path changes nothing but speed.
+test loss after the same number of steps, to show that the fast path changes nothing but speed. A profile of
+genkit's steps shows where the time goes: the operators that take it, and on a GPU how much of the wall time
+the GPU is busy at all (the rest is Python and kernel-launch overhead).
 Results: ``benchmarks/results/speed-<device>.json`` and ``.md``.
 """
 
@@ -108,7 +110,37 @@ def genkit_trainer(args: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return _result(model, device, seconds, args)
+    result = _result(model, device, seconds, args)
+    if args.get("profile_steps"):
+        warm.config.epochs = 3
+        result["profile"] = _profile(lambda: warm.fit(train.subset(args["profile_steps"] * args["batch_size"])), device)
+    return result
+
+
+def _profile(work: Any, device: torch.device, top: int = 8) -> dict[str, Any]:
+    """The operators that take the time of ``work``, and on a GPU the share of wall time it is busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        work()
+        if gpu:
+            torch.cuda.synchronize()
+    wall_us = (time.perf_counter() - started) * 1e6
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::") or e.key.startswith("_fused")]
+    time_of = (lambda e: e.self_device_time_total) if gpu else (lambda e: e.self_cpu_time_total)
+    total = sum(time_of(e) for e in events) or 1.0
+    ranked = sorted(events, key=time_of, reverse=True)[:top]
+    return {
+        "clock": "GPU kernel time" if gpu else "CPU time",
+        "operators": [
+            {"name": e.key, "calls": e.count, "share": time_of(e) / total, "ms": time_of(e) / 1e3} for e in ranked
+        ],
+        # on a GPU: kernel time over wall time; far below 1 means launches and Python, not arithmetic, limit
+        "device_busy": total / wall_us if gpu else None,
+    }
 
 
 def _result(model: genkit.Model, device: torch.device, seconds: float, args: dict[str, Any]) -> dict[str, Any]:
@@ -155,16 +187,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--latent", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="also use torch.compile in genkit's trainer")
+    parser.add_argument("--profile-steps", type=int, default=20, help="genkit steps to profile (0: none)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args(argv)
     device = select_device(args.device)
     load_dataset("mnist")  # fail early, with genkit's message, if the data is missing
     with tempfile.TemporaryDirectory() as tmp:
         common = {**vars(args), "device": str(device), "torchvision_root": str(extracted_mnist(Path(tmp)))}
-        plain = _in_child(plain_loop, common)
-        fast = _in_child(genkit_trainer, common)
-        # bf16 autocast: the default on GPUs; on a CPU an opt-in (--amp) that changes the arithmetic
-        bf16 = _in_child(genkit_trainer, {**common, "amp": True}) if device.type == "cpu" else None
+        plain = _in_child(plain_loop, {**common, "compile": False})
+        fast = _in_child(genkit_trainer, {**common, "compile": False})
+        extra = {}  # further genkit rows: each is compared with the plain loop too
+        if device.type == "cpu":  # bf16 autocast: the default on GPUs; on a CPU an opt-in that changes arithmetic
+            extra["genkit trainer, --amp (bf16 autocast on the CPU)"] = {"amp": True}
+        if args.compile:
+            extra["genkit trainer, torch.compile"] = {"compile": True}
+        variants = {
+            label: _in_child(genkit_trainer, {**common, **options, "profile_steps": 0})
+            for label, options in extra.items()
+        }
     loss_diff = abs(fast["test_loss"] - plain["test_loss"]) / plain["test_loss"]
     record = {
         "device": str(device),
@@ -175,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: v for k, v in vars(args).items() if k != "results"},
         "plain_dataloader": plain,
         "genkit_trainer": fast,
-        "genkit_trainer_bf16": bf16,
+        "variants": variants,
         "speedup": fast["images_per_second"] / plain["images_per_second"],
         "test_loss_relative_difference": loss_diff,
         "test_loss_tolerance": LOSS_TOLERANCE,
@@ -191,17 +231,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"# Training speed: vae-conv (latent {s['latent']}), batch {s['batch_size']}, {s['steps']} timed steps",
         "",
         f"Device: {r['device_name']} ({r['device']}, {r['threads']} threads), torch {r['torch']}. "
-        f"Command: `python -m benchmarks.speed --device {r['device']} --steps {s['steps']}`"
-        + (" --compile" if s["compile"] else ""),
+        f"Command: `python -m benchmarks.speed --device {r['device']} --steps {s['steps']}"
+        + (" --compile`" if s["compile"] else "`"),
         "",
         "| loop | images/s | s/epoch (60 000 images) | peak memory MB | test loss after the steps |",
         "|---|---|---|---|---|",
     ]
-    loops = [("plain DataLoader + ToTensor", "plain_dataloader"), ("genkit trainer", "genkit_trainer")]
-    if r.get("genkit_trainer_bf16"):
-        loops.append(("genkit trainer, --amp (bf16 autocast on the CPU)", "genkit_trainer_bf16"))
-    for name, key in loops:
-        v = r[key]
+    loops = {"plain DataLoader + ToTensor": r["plain_dataloader"], "genkit trainer": r["genkit_trainer"]}
+    for name, v in {**loops, **r["variants"]}.items():
         rows.append(
             f"| {name} | {v['images_per_second']:.0f} | {v['seconds_per_epoch']:.1f} | {v['peak_memory_mb']:.0f} "
             f"| {v['test_loss']:.2f} |"
@@ -212,13 +249,28 @@ def markdown(r: dict[str, Any]) -> str:
         f"{100 * r['test_loss_relative_difference']:.1f}% (tolerance {100 * r['test_loss_tolerance']:.0f}%: "
         f"{'same training' if r['same_training'] else 'OUTSIDE tolerance'}).",
     ]
-    if r.get("genkit_trainer_bf16"):
-        v, base = r["genkit_trainer_bf16"], r["plain_dataloader"]
+    base = r["plain_dataloader"]
+    for name, v in r["variants"].items():
         diff = abs(v["test_loss"] - base["test_loss"]) / base["test_loss"]
         rows.append(
-            f"With `--amp` (bf16 on the CPU): **{v['images_per_second'] / base['images_per_second']:.2f}x**, "
+            f"{name}: **{v['images_per_second'] / base['images_per_second']:.2f}x**, "
             f"test loss differs by {100 * diff:.1f}%."
         )
+    profile = r["genkit_trainer"].get("profile")
+    if profile:
+        rows += [
+            "",
+            f"Where genkit's step spends its time ({s['profile_steps']} profiled steps, share of {profile['clock']}):",
+            "",
+            "| operator | calls | share | ms |",
+            "|---|---|---|---|",
+            *(
+                f"| `{op['name']}` | {op['calls']} | {100 * op['share']:.0f}% | {op['ms']:.1f} |"
+                for op in profile["operators"]
+            ),
+        ]
+        if profile["device_busy"] is not None:
+            rows += ["", f"The GPU is busy {100 * profile['device_busy']:.0f}% of the profiled wall time."]
     return "\n".join(rows) + "\n"
 
 

@@ -35,12 +35,19 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
 
 
 def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
-    record = speed.main(["--device", "cpu", "--steps", "3", "--warmup", "1", "--results", str(tmp_path)])
-    for loop in ("plain_dataloader", "genkit_trainer", "genkit_trainer_bf16"):
-        assert record[loop]["images_per_second"] > 0 and record[loop]["test_loss"] > 0
+    args = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--profile-steps", "2", "--results", str(tmp_path)]
+    record = speed.main(args)
+    bf16 = record["variants"]["genkit trainer, --amp (bf16 autocast on the CPU)"]
+    for loop in (record["plain_dataloader"], record["genkit_trainer"], bf16):
+        assert loop["images_per_second"] > 0 and loop["test_loss"] > 0
     assert record["speedup"] == pytest.approx(
         record["genkit_trainer"]["images_per_second"] / record["plain_dataloader"]["images_per_second"]
     )
-    assert (tmp_path / "speed-cpu.json").is_file() and "Speed-up (genkit / plain)" in (
-        tmp_path / "speed-cpu.md"
-    ).read_text()
+    table = (tmp_path / "speed-cpu.md").read_text()
+    assert (tmp_path / "speed-cpu.json").is_file() and "Speed-up (genkit / plain)" in table
+    profile = record["genkit_trainer"]["profile"]
+    names = [op["name"] for op in profile["operators"]]
+    assert any("conv" in name for name in names) and len(names) == 8  # convolutions are among the top operators
+    shares = [op["share"] for op in profile["operators"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert profile["device_busy"] is None and f"| `{names[0]}` |" in table
