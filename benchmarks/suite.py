@@ -56,6 +56,7 @@ class Protocol:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     seed: int = 0
     fid_samples: int = 10_000
     train_limit: int | None = None
@@ -64,14 +65,22 @@ class Protocol:
     entries: list[Entry] = field(default_factory=list)
 
 
+#: the conv nets with an extra 3x3 convolution at each resolution and 1.5x the channels
+DEEPER = {"blocks": 1, "channels": 48}
+
 PROTOCOLS = {
     "full": Protocol(
         "full",
+        lr=2e-3,
+        lr_schedule="cosine",
         entries=[
             Entry("ae"),
+            Entry("ae", DEEPER),
             Entry("vae-conv"),
+            Entry("vae-conv", DEEPER),
             Entry("beta-vae", {"beta": 2.0}),
             Entry("ae", noise="gaussian:0.5"),
+            Entry("ae", DEEPER, noise="gaussian:0.5"),
             Entry("vae-conv", noise="gaussian:0.5"),
         ],
     ),
@@ -126,6 +135,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             epochs=protocol.epochs,
             batch_size=protocol.batch_size,
             lr=protocol.lr,
+            lr_schedule=protocol.lr_schedule,
             seed=protocol.seed,
             device=str(device),
             noise=entry.noise,
@@ -147,17 +157,18 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    record = {
-        "protocol": asdict(protocol) | {"entries": [asdict(e) for e in protocol.entries]},
-        "fid_protocol": fid.protocol()
-        | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "genkit": genkit.__version__,
-        "results": rows,
-    }
-    write_results(out, record, markdown(record))
+        # written after every model, so that a run cut short still leaves the rows it finished
+        record = {
+            "protocol": asdict(protocol) | {"entries": [asdict(e) for e in protocol.entries]},
+            "fid_protocol": fid.protocol()
+            | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
+            "device": str(device),
+            "device_name": device_name(device),
+            "torch": torch.__version__,
+            "genkit": genkit.__version__,
+            "results": rows,
+        }
+        write_results(out, record, markdown(record))
     return record
 
 
@@ -166,7 +177,8 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         f"# {p['dataset']} — protocol `{p['name']}` on {record['device_name']} ({record['device']})",
         "",
-        f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']}, seed {p['seed']}, "
+        f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
+        f"({p.get('lr_schedule', 'constant')}), seed {p['seed']}, "
         f"train images {p['train_limit'] or 'all'}, test images {p['test_limit'] or 'all'}; "
         f"FID: {record['fid_protocol']['samples']} samples vs {record['fid_protocol']['reference']}, "
         f"{record['fid_protocol']['implementation']}; PSNR in dB (noisy input → model output).",
@@ -191,12 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", help="comma-separated subset of the protocol's model names")
+    parser.add_argument("--labels", help="comma-separated subset of the protocol's rows, by their exact label")
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
     protocol.dataset = args.dataset
     if args.models:
         wanted = set(args.models.split(","))
         protocol.entries = [e for e in protocol.entries if e.model in wanted]
+    if args.labels:
+        labels = set(args.labels.split(","))
+        protocol.entries = [e for e in protocol.entries if e.label in labels]
+    if not protocol.entries:
+        parser.error("no entry of the protocol is left after --models/--labels")
     from genkit.train import select_device
 
     device = select_device(args.device)

@@ -99,7 +99,8 @@ def launch(nproc: int, args: list[str], verbose: bool = False) -> int:
         for name in list(logging.root.manager.loggerDict):
             if name.startswith("torch.distributed.elastic"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # torchrun would set 1 thread per process (with a warning); share the cores out instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     options = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "genkit", *args])
     try:
         torchrun.run(options)

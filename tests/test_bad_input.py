@@ -72,7 +72,7 @@ RUN_VALUES = {
     "set-inf": (["--set", "hidden=1e400"], "hidden must be an integer, got inf"),
     "set-huge": (["--set", f"hidden={10**20}"], "genkit[ae]: failed to build: TypeError"),
     "set-size": (["--set", "image_size=30"], "image_size must be a multiple of 4 for the conv models, got 30"),
-    "set-unknown": (["--set", "bogus=1"], "unknown option(s) for AEConfig: bogus (known: channels, hidden"),
+    "set-unknown": (["--set", "bogus=1"], "unknown option(s) for AEConfig: bogus (known: blocks, channels, hidden"),
     "set-no-key": (["--set", "=1"], "Invalid value for --set: '=1' is not KEY=VALUE"),
     "beta-for-ae": (["--beta", "2"], "unknown option(s) for AEConfig: beta"),
     "unknown-option": (["--bogus"], "No such option '--bogus'."),

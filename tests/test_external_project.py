@@ -169,7 +169,14 @@ def test_other_project_trains_samples_scores_saves_and_reloads(installed_project
     assert result["same_weights"] and result["same_codes"] and result["same_decoding"] and result["same_samples"]
     config = read_json(work / "blob-vae" / CONFIG_FILE)
     assert config["model"] == "vae-conv" and config["prior"] is None
-    assert config["model_config"] == {"latent": 6, "image_size": 28, "image_channels": 1, "channels": 8, "hidden": 64}
+    assert config["model_config"] == {
+        "latent": 6,
+        "image_size": 28,
+        "image_channels": 1,
+        "channels": 8,
+        "hidden": 64,
+        "blocks": 0,
+    }
 
 
 # -- save_run ---------------------------------------------------------------------------------------------------

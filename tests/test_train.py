@@ -245,3 +245,22 @@ def test_distributed_sampler_gives_each_process_a_disjoint_shard(image_folder):
     assert set(shards[0]) | set(shards[1]) == set(range(len(train)))
     later = list(epoch_sampler(train, 2, 0, 0, 1, torch.Generator()))
     assert later != shards[0], "each epoch reshuffles"
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_images):
+    """TrainConfig(compile=True) wraps the loss in torch.compile: the same steps give the same weights."""
+    pytest.importorskip("torch._inductor")
+
+    def train(compile_: bool):
+        torch.manual_seed(5)
+        model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
+        history = Trainer(model, TrainConfig(epochs=2, batch_size=32, compile=compile_, **QUIET)).fit(
+            data_of(tiny_images)
+        )
+        return model.state_dict(), history
+
+    (eager, eager_history), (compiled, compiled_history) = train(False), train(True)
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert compiled_history[-1]["train_loss"] == pytest.approx(eager_history[-1]["train_loss"], rel=1e-4)
