@@ -67,6 +67,8 @@ class Protocol:
 
 #: the conv nets with an extra 3x3 convolution at each resolution and 1.5x the channels
 DEEPER = {"blocks": 1, "channels": 48}
+#: larger still: on the CPU the deeper ae still underfits (train and test loss within 3% after 30 epochs)
+WIDER = {"blocks": 2, "channels": 64, "hidden": 512}
 
 PROTOCOLS = {
     "full": Protocol(
@@ -76,11 +78,13 @@ PROTOCOLS = {
         entries=[
             Entry("ae"),
             Entry("ae", DEEPER),
+            Entry("ae", WIDER),
             Entry("vae-conv"),
             Entry("vae-conv", DEEPER),
             Entry("beta-vae", {"beta": 2.0}),
             Entry("ae", noise="gaussian:0.5"),
             Entry("ae", DEEPER, noise="gaussian:0.5"),
+            Entry("ae", WIDER, noise="gaussian:0.5"),
             Entry("vae-conv", noise="gaussian:0.5"),
         ],
     ),
@@ -126,7 +130,8 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
     n_ref = min(len(test), protocol.fid_samples)
     key = f"{protocol.dataset}-test-{n_ref}"
     reference = fid.reference_statistics(key, test.images[:n_ref], device=device)
-    rows = []
+    settings = {k: v for k, v in asdict(protocol).items() if k != "entries"}
+    rows = _earlier_rows(out, settings, str(device))
     for entry in protocol.entries:
         print(f"== {entry.label}", flush=True)
         torch.manual_seed(protocol.seed)
@@ -156,10 +161,10 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             **score(trainer, train, test, protocol, reference),
         }
         print(json.dumps(row), flush=True)
-        rows.append(row)
+        rows = [r for r in rows if r["label"] != row["label"]] + [row]
         # written after every model, so that a run cut short still leaves the rows it finished
         record = {
-            "protocol": asdict(protocol) | {"entries": [asdict(e) for e in protocol.entries]},
+            "protocol": settings,
             "fid_protocol": fid.protocol()
             | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
             "device": str(device),
@@ -170,6 +175,16 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
         }
         write_results(out, record, markdown(record))
     return record
+
+
+def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """Rows of an earlier run of the same protocol on the same device kind, so that runs of some rows add up."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return []
+    same = earlier.get("protocol") == settings and earlier.get("device") == device
+    return list(earlier.get("results", [])) if same else []
 
 
 def markdown(record: dict[str, Any]) -> str:

@@ -33,6 +33,18 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     table = out.with_suffix(".md").read_text()
     assert f"| ae | {row['test_mse']:.4f} | {row['fid']['normal']:.1f} | {row['fid']['gmm']:.1f} |" in table
 
+    # a later run of other rows of the same protocol adds to the file; a row run again replaces its old self
+    protocol.entries = [suite.Entry("ae", {"hidden": 32}), suite.Entry("ae")]
+    suite.run(protocol, torch.device("cpu"), out)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["label"] for r in rows] == ["ae hidden=32", "ae"]
+    assert rows[1]["test_mse"] == pytest.approx(row["test_mse"], rel=1e-6)  # the same seed, the same numbers
+    # another protocol's file starts afresh
+    protocol.epochs = 1
+    protocol.entries = [suite.Entry("ae", {"hidden": 32})]
+    suite.run(protocol, torch.device("cpu"), out)
+    assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["ae hidden=32"]
+
 
 def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
     args = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--profile-steps", "2", "--results", str(tmp_path)]
