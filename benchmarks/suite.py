@@ -57,6 +57,7 @@ class Protocol:
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"
+    lr_warmup: int = 0
     seed: int = 0
     fid_samples: int = 10_000
     train_limit: int | None = None
@@ -75,6 +76,7 @@ PROTOCOLS = {
         "full",
         lr=2e-3,
         lr_schedule="cosine",
+        lr_warmup=1,  # without it the wider nets collapse to the mean image at lr 2e-3
         entries=[
             Entry("ae"),
             Entry("ae", DEEPER),
@@ -141,6 +143,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             batch_size=protocol.batch_size,
             lr=protocol.lr,
             lr_schedule=protocol.lr_schedule,
+            lr_warmup=protocol.lr_warmup,
             seed=protocol.seed,
             device=str(device),
             noise=entry.noise,
@@ -193,7 +196,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"# {p['dataset']} — protocol `{p['name']}` on {record['device_name']} ({record['device']})",
         "",
         f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
-        f"({p.get('lr_schedule', 'constant')}), seed {p['seed']}, "
+        f"({p.get('lr_schedule', 'constant')}, {p.get('lr_warmup', 0)} warm-up epochs), seed {p['seed']}, "
         f"train images {p['train_limit'] or 'all'}, test images {p['test_limit'] or 'all'}; "
         f"FID: {record['fid_protocol']['samples']} samples vs {record['fid_protocol']['reference']}, "
         f"{record['fid_protocol']['implementation']}; PSNR in dB (noisy input → model output).",

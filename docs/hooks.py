@@ -58,8 +58,9 @@ def benchmark_protocols(root: Path) -> str:
     ]
     for name, p in PROTOCOLS.items():
         models = "<br>".join(f"`{e.label}`" for e in p.entries)
+        lr = f"{p.lr:g} {p.lr_schedule}" + (f", {p.lr_warmup} warm-up epoch(s)" if p.lr_warmup else "")
         rows.append(
-            f"| `{name}` | {p.latent} | {p.epochs} | {p.batch_size} | {p.lr:g} | {p.train_limit or 'all'} "
+            f"| `{name}` | {p.latent} | {p.epochs} | {p.batch_size} | {lr} | {p.train_limit or 'all'} "
             f"| {p.test_limit or 'all'} | {p.fid_samples} | {p.gmm_components} | {models} |"
         )
     return "\n".join(rows) + "\n"

@@ -29,6 +29,7 @@ TRAIN_FLAGS = {
     "batch_size": "--batch-size",
     "lr": "--lr",
     "lr_schedule": "--lr-schedule",
+    "lr_warmup": "--lr-warmup",
     "seed": "--seed",
     "noise": "--noise",
     "kl_warmup": "--kl-warmup",

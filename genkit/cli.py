@@ -102,6 +102,7 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option(
     "--lr-schedule", type=click.Choice(["constant", "cosine"]), help="cosine: decay lr to 0 [default: constant]."
 )
+@click.option("--lr-warmup", type=click.IntRange(min=0), help="Epochs of linear lr warm-up from 0 [default: 0].")
 @click.option("--seed", type=int, help="Random seed [default: 0].")
 @click.option("--noise", metavar="NAME:LEVEL", help="Train a denoiser on noisy inputs, e.g. gaussian:0.5.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up [default: 0].")

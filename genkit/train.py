@@ -45,6 +45,8 @@ class TrainConfig:
         lr: Adam's learning rate.
         lr_schedule: ``constant``, or ``cosine``: decays the learning rate from ``lr`` to 0 over the run,
             step by step (a lower final error for the same number of epochs).
+        lr_warmup: epochs over which the learning rate ramps linearly from 0 (keeps deeper nets from collapsing
+            at a high ``lr``).
         seed: fixes initialisation, shuffling, noise and sampling; each epoch reseeds from it.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         noise: a noise spec such as ``gaussian:0.5`` to train a denoiser (noisy input, clean target).
@@ -61,6 +63,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"
+    lr_warmup: int = 0  # epochs over which the learning rate ramps linearly from 0 to lr
     seed: int = 0
     device: str = "auto"
     noise: str | None = None  # e.g. "gaussian:0.5": train a denoiser (noisy input -> clean target)
@@ -82,8 +85,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
-        if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
-            raise ConfigError(f"kl_warmup must be a non-negative integer, got {self.kl_warmup!r}")
+        for name in ("kl_warmup", "lr_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or abs(self.seed) >= SEED_LIMIT:
             raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
         if not isinstance(self.device, str) or (self.device != "auto" and self.device.split(":")[0] not in DEVICES):
@@ -220,15 +225,15 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------
     def kl_weight(self, progress: float) -> float:
         """The KL warm-up weight after ``progress`` epochs (1 without warm-up)."""
-        warmup = self.config.kl_warmup
-        return 1.0 if warmup == 0 else min(1.0, progress / warmup)
+        return _ramp(progress, self.config.kl_warmup)
 
     def learning_rate(self, progress: float) -> float:
-        """The learning rate after ``progress`` epochs."""
+        """The learning rate after ``progress`` epochs: the warm-up ramp times the schedule."""
         cfg = self.config
+        lr = cfg.lr * _ramp(progress, cfg.lr_warmup)
         if cfg.lr_schedule == "cosine":
-            return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress / cfg.epochs)))
-        return cfg.lr
+            return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress / cfg.epochs)))
+        return lr
 
     def fit(self, train: ImageData | Dataset, test: ImageData | None = None) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done (continuing after a resume); returns the history."""
@@ -401,3 +406,8 @@ class _NonFiniteGuard:
         what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient became {norm}"
         where = f"at epoch {self.epoch}, step {step + 1}"
         raise TrainingError(f"{what} {where}; lower --lr or check the data for NaN/inf values")
+
+
+def _ramp(progress: float, epochs: int) -> float:
+    """A linear ramp from 0 to 1 over ``epochs`` epochs (1 throughout when ``epochs`` is 0)."""
+    return 1.0 if epochs == 0 else min(1.0, progress / epochs)

@@ -51,6 +51,7 @@ RUN_VALUES = {
     "epochs-zero": (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1."),
     "limit-zero": (["--limit", "0"], "Invalid value for '--limit': 0 is not in the range x>=1."),
     "kl-warmup-negative": (["--kl-warmup", "-1"], "Invalid value for '--kl-warmup': -1 is not in the range x>=0."),
+    "lr-warmup-negative": (["--lr-warmup", "-2"], "Invalid value for '--lr-warmup': -2 is not in the range x>=0."),
     "lr-zero": (["--lr", "0"], "Invalid value for '--lr': 0.0 is not in the range x>0."),
     "lr-nan": (["--lr", "nan"], "lr must be a positive number, got nan"),
     "lr-inf": (["--lr", "inf"], "lr must be a positive number, got inf"),

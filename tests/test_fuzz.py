@@ -176,6 +176,7 @@ def test_fuzz_run_never_shows_a_traceback(data, place, offline, capfd):
                 "--lr": NUMBERS,
                 "--seed": NUMBERS,
                 "--kl-warmup": NUMBERS,
+                "--lr-warmup": NUMBERS,
                 "--limit": NUMBERS,
                 "--noise": NOISE_SPECS,
                 "--set": SETTINGS,

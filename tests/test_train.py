@@ -74,6 +74,27 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
         TrainConfig(lr_schedule="linear")
 
 
+def test_lr_warmup_ramps_up_before_the_schedule(tiny_images):
+    model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
+    cosine = TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="cosine", lr_warmup=2, **QUIET)
+    trainer = Trainer(model, cosine)
+    assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 3, 4)] == [0, 0.004268, 0.005, 0.001464, 0]
+    constant = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_warmup=2, **QUIET))
+    seen = []
+    step = constant.optimizer.step
+
+    def record(*args, **kwargs):
+        seen.append(constant.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    constant.optimizer.step = record
+    constant.fit(data_of(tiny_images))
+    # 4 steps an epoch: up in equal steps from 0 over the first 2 epochs, then flat
+    assert seen == pytest.approx([0.01 * i / 8 for i in range(8)] + [0.01] * 8)
+    with pytest.raises(genkit.ConfigError, match="lr_warmup must be a non-negative integer, got -1"):
+        TrainConfig(lr_warmup=-1)
+
+
 def test_kl_warmup_weight():
     trainer = Trainer(genkit.get_model("vae-conv"), TrainConfig(kl_warmup=4, **QUIET))
     assert [trainer.kl_weight(p) for p in (0, 1, 2, 4, 9)] == [0, 0.25, 0.5, 1, 1]
