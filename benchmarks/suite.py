@@ -192,11 +192,12 @@ def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict
 
 def markdown(record: dict[str, Any]) -> str:
     p = record["protocol"]
+    warmup = f", warm-up {p['lr_warmup']} epoch{'s' * (p['lr_warmup'] != 1)}" if p.get("lr_warmup") else ""
     lines = [
         f"# {p['dataset']} — protocol `{p['name']}` on {record['device_name']} ({record['device']})",
         "",
         f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
-        f"({p.get('lr_schedule', 'constant')}, {p.get('lr_warmup', 0)} warm-up epochs), seed {p['seed']}, "
+        f"({p.get('lr_schedule', 'constant')}{warmup}), seed {p['seed']}, "
         f"train images {p['train_limit'] or 'all'}, test images {p['test_limit'] or 'all'}; "
         f"FID: {record['fid_protocol']['samples']} samples vs {record['fid_protocol']['reference']}, "
         f"{record['fid_protocol']['implementation']}; PSNR in dB (noisy input → model output).",

@@ -58,7 +58,9 @@ def benchmark_protocols(root: Path) -> str:
     ]
     for name, p in PROTOCOLS.items():
         models = "<br>".join(f"`{e.label}`" for e in p.entries)
-        lr = f"{p.lr:g} {p.lr_schedule}" + (f", {p.lr_warmup} warm-up epoch(s)" if p.lr_warmup else "")
+        lr = f"{p.lr:g} {p.lr_schedule}"
+        if p.lr_warmup:
+            lr += f", warm-up {p.lr_warmup} epoch{'s' * (p.lr_warmup != 1)}"
         rows.append(
             f"| `{name}` | {p.latent} | {p.epochs} | {p.batch_size} | {lr} | {p.train_limit or 'all'} "
             f"| {p.test_limit or 'all'} | {p.fid_samples} | {p.gmm_components} | {models} |"

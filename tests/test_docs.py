@@ -393,7 +393,7 @@ def test_hook_protocol_table_lists_every_protocol():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"| {protocol.epochs} |" in row and all(f"`{e.label}`" in row for e in protocol.entries)
         assert f"| {protocol.lr:g} {protocol.lr_schedule}" in row
-    assert "| 0.002 cosine, 1 warm-up epoch(s) |" in table
+    assert "| 0.002 cosine, warm-up 1 epoch |" in table
 
 
 def test_hook_shows_sphinx_roles_as_code():
