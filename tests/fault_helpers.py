@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 import zlib
@@ -23,6 +24,12 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "GENKIT_DEBUG"}, "OMP_NUM_
 def genkit_cmd(*args: object) -> list[str]:
     """The command line of ``genkit ARGS`` as a user runs it."""
     return [sys.executable, "-m", "genkit", *map(str, args)]
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that the test interrupts: a shell's background job (a CI runner, ``cmd &``)
+    starts with SIGINT ignored, and Python keeps it ignored, so Ctrl-C would not reach genkit at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def one_error_line(err: str) -> str:

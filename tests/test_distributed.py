@@ -12,6 +12,7 @@ import torch
 
 from genkit.checkpoint import load_checkpoint, load_model
 from tests.conftest import write_distribution
+from tests.fault_helpers import interruptible
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -127,7 +128,8 @@ def test_ctrl_c_stops_every_process_with_one_line_and_the_run_resumes(image_fold
     args = [*MODEL[:-3], "--batch-size", "2", "--epochs", "1000", "--quiet", "--dataset", str(image_folder)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "genkit", "run", *args, "--out", str(run), "--nproc", "2"],
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=interruptible)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (run / "checkpoint.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"

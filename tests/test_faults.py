@@ -29,7 +29,16 @@ from genkit.data import ImageData
 from genkit.run import CheckpointEveryEpoch, StopOnNonFiniteWeights, resume_run
 from genkit.train import Callback, TrainConfig, Trainer
 from tests.conftest import write_distribution
-from tests.fault_helpers import ENV, TINY, TINY_ARGS, genkit_cmd, one_error_line, tiny_run, write_images
+from tests.fault_helpers import (
+    ENV,
+    TINY,
+    TINY_ARGS,
+    genkit_cmd,
+    interruptible,
+    one_error_line,
+    tiny_run,
+    write_images,
+)
 
 QUIET = {"progress": False, "device": "cpu"}
 
@@ -83,7 +92,9 @@ def saved_epoch(run: Path) -> int:
 
 def start(command: list[str], stderr: Path, cwd: Path) -> subprocess.Popen:
     with stderr.open("w") as err:
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=ENV, cwd=cwd)
+        return subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=err, env=ENV, cwd=cwd, preexec_fn=interruptible
+        )
 
 
 def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
