@@ -53,10 +53,8 @@ def test_training_is_deterministic_on_cpu(tiny_images):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
-    model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
-    trainer = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="cosine", **QUIET))
-    assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 4, 5)] == [0.01, 0.008536, 0.005, 0, 0]
+def learning_rates_seen(trainer: Trainer, data) -> list[float]:
+    """Fit ``trainer`` on ``data`` and return the learning rate of every optimizer step."""
     seen = []
     step = trainer.optimizer.step
 
@@ -65,7 +63,15 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
         return step(*args, **kwargs)
 
     trainer.optimizer.step = record
-    trainer.fit(data_of(tiny_images))
+    trainer.fit(data)
+    return seen
+
+
+def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
+    model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
+    trainer = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="cosine", **QUIET))
+    assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 4, 5)] == [0.01, 0.008536, 0.005, 0, 0]
+    seen = learning_rates_seen(trainer, data_of(tiny_images))
     assert len(seen) == 4 * 4 and seen[0] == 0.01  # 64 images in batches of 16, 4 epochs
     assert all(a > b for a, b in itertools.pairwise(seen)) and seen[-1] == pytest.approx(0.01 * (1 - 0.9904), abs=1e-5)
     constant = Trainer(model, TrainConfig(lr=0.01, **QUIET))
@@ -80,15 +86,7 @@ def test_lr_warmup_ramps_up_before_the_schedule(tiny_images):
     trainer = Trainer(model, cosine)
     assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 3, 4)] == [0, 0.004268, 0.005, 0.001464, 0]
     constant = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_warmup=2, **QUIET))
-    seen = []
-    step = constant.optimizer.step
-
-    def record(*args, **kwargs):
-        seen.append(constant.optimizer.param_groups[0]["lr"])
-        return step(*args, **kwargs)
-
-    constant.optimizer.step = record
-    constant.fit(data_of(tiny_images))
+    seen = learning_rates_seen(constant, data_of(tiny_images))
     # 4 steps an epoch: up in equal steps from 0 over the first 2 epochs, then flat
     assert seen == pytest.approx([0.01 * i / 8 for i in range(8)] + [0.01] * 8)
     with pytest.raises(genkit.ConfigError, match="lr_warmup must be a non-negative integer, got -1"):
