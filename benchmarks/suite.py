@@ -133,7 +133,16 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
     key = f"{protocol.dataset}-test-{n_ref}"
     reference = fid.reference_statistics(key, test.images[:n_ref], device=device)
     settings = {k: v for k, v in asdict(protocol).items() if k != "entries"}
-    rows = _earlier_rows(out, settings, str(device))
+    record = {
+        "protocol": settings,
+        "fid_protocol": fid.protocol()
+        | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "genkit": genkit.__version__,
+        "results": _earlier_rows(out, settings, str(device)),
+    }
     for entry in protocol.entries:
         print(f"== {entry.label}", flush=True)
         torch.manual_seed(protocol.seed)
@@ -164,18 +173,8 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             **score(trainer, train, test, protocol, reference),
         }
         print(json.dumps(row), flush=True)
-        rows = [r for r in rows if r["label"] != row["label"]] + [row]
+        record["results"] = [r for r in record["results"] if r["label"] != row["label"]] + [row]
         # written after every model, so that a run cut short still leaves the rows it finished
-        record = {
-            "protocol": settings,
-            "fid_protocol": fid.protocol()
-            | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
-            "device": str(device),
-            "device_name": device_name(device),
-            "torch": torch.__version__,
-            "genkit": genkit.__version__,
-            "results": rows,
-        }
         write_results(out, record, markdown(record))
     return record
 
@@ -190,14 +189,18 @@ def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict
     return list(earlier.get("results", [])) if same else []
 
 
+def warmup_text(epochs: int) -> str:
+    """How a protocol's lr warm-up reads in a table: ``", warm-up 1 epoch"``, or nothing without one."""
+    return f", warm-up {epochs} epoch{'s' * (epochs != 1)}" if epochs else ""
+
+
 def markdown(record: dict[str, Any]) -> str:
     p = record["protocol"]
-    warmup = f", warm-up {p['lr_warmup']} epoch{'s' * (p['lr_warmup'] != 1)}" if p.get("lr_warmup") else ""
     lines = [
         f"# {p['dataset']} — protocol `{p['name']}` on {record['device_name']} ({record['device']})",
         "",
         f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
-        f"({p.get('lr_schedule', 'constant')}{warmup}), seed {p['seed']}, "
+        f"({p.get('lr_schedule', 'constant')}{warmup_text(p.get('lr_warmup', 0))}), seed {p['seed']}, "
         f"train images {p['train_limit'] or 'all'}, test images {p['test_limit'] or 'all'}; "
         f"FID: {record['fid_protocol']['samples']} samples vs {record['fid_protocol']['reference']}, "
         f"{record['fid_protocol']['implementation']}; PSNR in dB (noisy input → model output).",

@@ -47,7 +47,7 @@ def benchmark_protocols(root: Path) -> str:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
-        from benchmarks.suite import PROTOCOLS
+        from benchmarks.suite import PROTOCOLS, warmup_text
     except Exception as exc:
         log.warning("cannot import benchmarks.suite for the protocol table: %s: %s", type(exc).__name__, exc)
         return ""
@@ -58,11 +58,9 @@ def benchmark_protocols(root: Path) -> str:
     ]
     for name, p in PROTOCOLS.items():
         models = "<br>".join(f"`{e.label}`" for e in p.entries)
-        lr = f"{p.lr:g} {p.lr_schedule}"
-        if p.lr_warmup:
-            lr += f", warm-up {p.lr_warmup} epoch{'s' * (p.lr_warmup != 1)}"
         rows.append(
-            f"| `{name}` | {p.latent} | {p.epochs} | {p.batch_size} | {lr} | {p.train_limit or 'all'} "
+            f"| `{name}` | {p.latent} | {p.epochs} | {p.batch_size} "
+            f"| {p.lr:g} {p.lr_schedule}{warmup_text(p.lr_warmup)} | {p.train_limit or 'all'} "
             f"| {p.test_limit or 'all'} | {p.fid_samples} | {p.gmm_components} | {models} |"
         )
     return "\n".join(rows) + "\n"

@@ -75,8 +75,10 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes, used only for datasets streamed from disk
 
     def __post_init__(self) -> None:
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ConfigError(f"workers must be a non-negative integer, got {self.workers!r}")
+        for name in ("workers", "kl_warmup", "lr_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -85,10 +87,6 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
-        for name in ("kl_warmup", "lr_warmup"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or abs(self.seed) >= SEED_LIMIT:
             raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
         if not isinstance(self.device, str) or (self.device != "auto" and self.device.split(":")[0] not in DEVICES):
