@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import genkit
-from genkit.checkpoint import load_checkpoint, load_model
+from genkit.checkpoint import load_checkpoint, load_model, load_weights, save_weights
 from genkit.data import ImageData, load_dataset
 from genkit.run import resume_run, start_run
 from genkit.train import TrainConfig, Trainer
@@ -231,6 +231,22 @@ def test_bf16_autocast_on_the_cpu_is_opt_in(tiny_images):
         assert not torch.is_autocast_enabled("cpu")
     with pytest.raises(genkit.ConfigError, match="amp must be"):
         TrainConfig(amp="yes")
+
+
+def test_trainer_puts_convolutions_in_channels_last_without_changing_results(tiny_images, tmp_path):
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=4, channels=8, hidden=32)
+    reference = genkit.get_model("vae-conv", latent=4, channels=8, hidden=32)
+    reference.load_state_dict(model.state_dict())
+    Trainer(model, TrainConfig(**QUIET))
+    conv = model.encoder.body[2].weight  # 8 input channels: (with 1 the two layouts are the same)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = tiny_images[:8]
+    assert torch.allclose(model.reconstruct(x), reference.reconstruct(x), atol=1e-5)
+    save_weights(model, tmp_path / "model.safetensors")
+    fresh = genkit.get_model("vae-conv", latent=4, channels=8, hidden=32)
+    load_weights(fresh, tmp_path / "model.safetensors")
+    assert torch.equal(fresh.reconstruct(x), reference.reconstruct(x))
 
 
 def test_streamed_folder_trains_and_resumes_like_an_uninterrupted_run(image_folder, tmp_path):
