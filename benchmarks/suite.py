@@ -121,7 +121,7 @@ def score(trainer: Trainer, train: ImageData, test: ImageData, protocol: Protoco
                     for i in range(0, protocol.fid_samples, 1000)
                 ]
             )
-        mu, sigma = fid.feature_statistics(samples, device=device)
+        mu, sigma = fid.feature_statistics(samples, device=device, progress=sys.stderr.isatty())
         result["fid"][prior] = fid.frechet_distance(mu, sigma, *reference)
     return result
 
@@ -131,7 +131,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
     train, test = train.subset(protocol.train_limit), test.subset(protocol.test_limit)
     n_ref = min(len(test), protocol.fid_samples)
     key = f"{protocol.dataset}-test-{n_ref}"
-    reference = fid.reference_statistics(key, test.images[:n_ref], device=device)
+    reference = fid.reference_statistics(key, test.images[:n_ref], device=device, progress=sys.stderr.isatty())
     settings = {k: v for k, v in asdict(protocol).items() if k != "entries"}
     record = {
         "protocol": settings,
