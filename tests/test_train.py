@@ -239,7 +239,7 @@ def test_trainer_puts_convolutions_in_channels_last_without_changing_results(tin
     reference = genkit.get_model("vae-conv", latent=4, channels=8, hidden=32)
     reference.load_state_dict(model.state_dict())
     Trainer(model, TrainConfig(**QUIET))
-    conv = model.encoder.body[2].weight  # 8 input channels: (with 1 the two layouts are the same)
+    conv = model.encoder.body[2].weight  # 8 input channels; with 1, the two layouts are the same memory
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     x = tiny_images[:8]
     assert torch.allclose(model.reconstruct(x), reference.reconstruct(x), atol=1e-5)
