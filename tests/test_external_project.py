@@ -104,9 +104,11 @@ def main(out: str) -> dict:
         "same_weights": all(
             torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
         ),
-        "same_codes": torch.equal(again.encode(test.images).mean, codes),
-        "same_decoding": torch.equal(again.decode(codes), decoded),
-        "same_samples": torch.equal(again.sample(9, generator=genkit.seeded_generator(0)), samples),
+        # Equal weights, outputs equal to float rounding: the trainer keeps convolution weights channels-last,
+        # a reloaded model has the default layout, and the two layouts run different convolution kernels.
+        "same_codes": torch.allclose(again.encode(test.images).mean, codes, rtol=1e-5, atol=1e-6),
+        "same_decoding": torch.allclose(again.decode(codes), decoded, rtol=1e-5, atol=1e-6),
+        "same_samples": torch.allclose(again.sample(9, generator=genkit.seeded_generator(0)), samples, atol=1e-6),
     }
     return result
 
