@@ -1,5 +1,7 @@
 import itertools
 import json
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import genkit
 from genkit.checkpoint import load_checkpoint, load_model, load_weights, save_weights
 from genkit.data import ImageData, load_dataset
 from genkit.run import resume_run, start_run
-from genkit.train import TrainConfig, Trainer
+from genkit.train import TrainConfig, Trainer, device_name
 from tests.conftest import write_distribution
 
 QUIET = {"progress": False}
@@ -299,3 +301,13 @@ def test_compiled_training_matches_eager(tiny_images):
     for key in eager:
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5, msg=key)
     assert compiled_history[-1]["train_loss"] == pytest.approx(eager_history[-1]["train_loss"], rel=1e-4)
+
+
+def test_device_name_of_a_cpu_names_its_model_not_only_the_architecture():
+    name = device_name(torch.device("cpu"))
+    assert platform.machine() in name
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []  # fmt: skip
+    if models:
+        assert name == f"{models[0]} ({platform.machine()})"
