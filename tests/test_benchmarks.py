@@ -57,6 +57,10 @@ def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
     )
     table = (tmp_path / "speed-cpu.md").read_text()
     assert (tmp_path / "speed-cpu.json").is_file() and "Speed-up (genkit / plain)" in table
+    # every faster variant is checked against the loss tolerance too: bf16 may change the training
+    far = {**record, "variants": {"far": {**bf16, "test_loss": record["plain_dataloader"]["test_loss"] * 1.1}}}
+    line = next(line for line in speed.markdown(far).splitlines() if line.startswith("far: "))
+    assert "differs by 10.0% (tolerance 5%: OUTSIDE tolerance" in line
     profile = record["genkit_trainer"]["profile"]
     names = [op["name"] for op in profile["operators"]]
     assert any("conv" in name for name in names) and len(names) == 8  # convolutions are among the top operators
