@@ -168,6 +168,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             "model": entry.model,
             "options": entry.options,
             "train_noise": entry.noise,
+            "device_name": record["device_name"],
             "wall_seconds": wall,
             "images_per_second": len(train) * len(history) / train_seconds,
             **score(trainer, train, test, protocol, reference),
@@ -186,7 +187,10 @@ def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict
     except (OSError, ValueError):
         return []
     same = earlier.get("protocol") == settings and earlier.get("device") == device
-    return list(earlier.get("results", [])) if same else []
+    if not same:
+        return []
+    # rows from before rows named their machine ran on the one the earlier file names
+    return [{"device_name": earlier.get("device_name"), **row} for row in earlier.get("results", [])]
 
 
 def warmup_text(epochs: int) -> str:
@@ -196,8 +200,12 @@ def warmup_text(epochs: int) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     p = record["protocol"]
+    # rows added by later runs may come from another machine of the same kind: then each row names its own
+    machines = list(dict.fromkeys(r.get("device_name", record["device_name"]) for r in record["results"]))
+    several = len(machines) > 1
     lines = [
-        f"# {p['dataset']} — protocol `{p['name']}` on {record['device_name']} ({record['device']})",
+        f"# {p['dataset']} — protocol `{p['name']}` on {' and '.join(machines or [record['device_name']])} "
+        f"({record['device']})",
         "",
         f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
         f"({p.get('lr_schedule', 'constant')}{warmup_text(p.get('lr_warmup', 0))}), seed {p['seed']}, "
@@ -207,14 +215,17 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         "| model | test MSE | FID N(0,I) | FID GMM | "
         + " | ".join(f"PSNR {s}" for s in DENOISING)
-        + " | img/s | wall s |",
-        "|---" * (6 + len(DENOISING)) + "|",
+        + " | img/s | wall s |"
+        + " machine |" * several,
+        "|---" * (6 + several + len(DENOISING)) + "|",
     ]
     for r in record["results"]:
         psnr = " | ".join(f"{r['psnr'][s]['noisy']:.1f} → {r['psnr'][s]['output']:.1f}" for s in DENOISING)
         lines.append(
             f"| {r['label']} | {r['test_mse']:.4f} | {r['fid']['normal']:.1f} | {r['fid']['gmm']:.1f} | {psnr} "
             f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |"
+            + f" {r.get('device_name', record['device_name'])} |"
+            * several
         )
     return "\n".join(lines) + "\n"
 

@@ -39,11 +39,29 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["label"] for r in rows] == ["ae hidden=32", "ae"]
     assert rows[1]["test_mse"] == pytest.approx(row["test_mse"], rel=1e-6)  # the same seed, the same numbers
+    # a row run on another machine of the same kind names its machine in a column of its own
+    saved = json.loads(out.read_text())
+    saved["results"][0]["device_name"] = "another cpu"
+    table = suite.markdown(saved)
+    assert "| img/s | wall s | machine |" in table and "| another cpu |" in table
+    assert f"| {saved['device_name']} |" in table and "machine" not in suite.markdown(record)
     # another protocol's file starts afresh
     protocol.epochs = 1
     protocol.entries = [suite.Entry("ae", {"hidden": 32})]
     suite.run(protocol, torch.device("cpu"), out)
     assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["ae hidden=32"]
+
+
+def test_rows_of_an_earlier_file_keep_the_machine_they_ran_on(tmp_path):
+    out = tmp_path / "mnist-cpu.json"
+    rows = [{"label": "ae"}, {"label": "vae-conv", "device_name": "AMD EPYC (x86_64)"}]
+    earlier = {"protocol": {"name": "full"}, "device": "cpu", "device_name": "x86_64", "results": rows}
+    out.write_text(json.dumps(earlier))
+    assert suite._earlier_rows(out, {"name": "full"}, "cpu") == [
+        {"label": "ae", "device_name": "x86_64"},  # written before rows named their machine: the file's
+        {"label": "vae-conv", "device_name": "AMD EPYC (x86_64)"},
+    ]
+    assert suite._earlier_rows(out, {"name": "quick"}, "cpu") == []
 
 
 def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
