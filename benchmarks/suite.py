@@ -200,8 +200,12 @@ def warmup_text(epochs: int) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     p = record["protocol"]
+
     # rows added by later runs may come from another machine of the same kind: then each row names its own
-    machines = list(dict.fromkeys(r.get("device_name", record["device_name"]) for r in record["results"]))
+    def machine(row: dict[str, Any]) -> str:
+        return row.get("device_name", record["device_name"])
+
+    machines = list(dict.fromkeys(machine(r) for r in record["results"]))
     several = len(machines) > 1
     lines = [
         f"# {p['dataset']} — protocol `{p['name']}` on {' and '.join(machines or [record['device_name']])} "
@@ -223,9 +227,7 @@ def markdown(record: dict[str, Any]) -> str:
         psnr = " | ".join(f"{r['psnr'][s]['noisy']:.1f} → {r['psnr'][s]['output']:.1f}" for s in DENOISING)
         lines.append(
             f"| {r['label']} | {r['test_mse']:.4f} | {r['fid']['normal']:.1f} | {r['fid']['gmm']:.1f} | {psnr} "
-            f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |"
-            + f" {r.get('device_name', record['device_name'])} |"
-            * several
+            f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |" + f" {machine(r)} |" * several
         )
     return "\n".join(lines) + "\n"
 

@@ -148,8 +148,8 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     # platform.processor() is only the architecture on Linux ("x86_64"); timings need the CPU model
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+        for line in cpuinfo:
             if line.startswith("model name") and ":" in line:
                 return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
     return platform.processor() or platform.machine()
