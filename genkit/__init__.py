@@ -1,10 +1,10 @@
 """genkit: a pluggable toolkit for autoencoders and VAEs.
 
-A model is a composition of an ``Encoder``, a ``Decoder``, a ``Prior`` and a ``Loss``;
-models, priors, losses and noise transforms are plugins found through Python entry points.
+A model is a composition of an ``Encoder``, a ``Decoder``, a ``Prior`` and a ``Loss``; each part kind, whole
+models (presets or ``Model`` subclasses) and noise transforms are plugins found through Python entry points.
 """
 
-from genkit.config import ModelConfig, option
+from genkit.config import Config, ModelConfig, option
 from genkit.errors import (
     CheckpointError,
     ConfigError,
@@ -15,17 +15,40 @@ from genkit.errors import (
     ShapeError,
     TrainingError,
 )
-from genkit.losses import ELBOLoss, ReconstructionLoss, reconstruction_nll
-from genkit.model import Model
+from genkit.losses import ELBOLoss, LikelihoodConfig, ReconstructionLoss, reconstruction_nll
+from genkit.model import Model, Preset
 from genkit.noise import NoiseTransform, normal_like, seeded_generator, uniform_like
-from genkit.parts import Decoder, Encoder, Loss, LossOutput, ModelOutput, Posterior, Prior
+from genkit.parts import (
+    Batch,
+    Decoder,
+    Encoder,
+    Loss,
+    LossOutput,
+    ModelOutput,
+    Posterior,
+    Prior,
+    require_density,
+    require_trained_prior,
+)
 from genkit.priors import StandardNormal
-from genkit.registry import FailedPlugin, get_model, get_model_class, get_noise, get_prior, list_models
+from genkit.registry import (
+    FailedPlugin,
+    get_decoder,
+    get_encoder,
+    get_loss,
+    get_model,
+    get_model_class,
+    get_noise,
+    get_prior,
+    list_models,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "Batch",
     "CheckpointError",
+    "Config",
     "ConfigError",
     "DataError",
     "Decoder",
@@ -33,6 +56,7 @@ __all__ = [
     "Encoder",
     "FailedPlugin",
     "GenkitError",
+    "LikelihoodConfig",
     "Loss",
     "LossOutput",
     "Model",
@@ -41,12 +65,16 @@ __all__ = [
     "NoiseTransform",
     "PluginError",
     "Posterior",
+    "Preset",
     "Prior",
     "ReconstructionLoss",
     "RunExistsError",
     "ShapeError",
     "StandardNormal",
     "TrainingError",
+    "get_decoder",
+    "get_encoder",
+    "get_loss",
     "get_model",
     "get_model_class",
     "get_noise",
@@ -55,6 +83,8 @@ __all__ = [
     "normal_like",
     "option",
     "reconstruction_nll",
+    "require_density",
+    "require_trained_prior",
     "seeded_generator",
     "uniform_like",
 ]

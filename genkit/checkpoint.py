@@ -22,8 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genkit.errors import CheckpointError, ConfigError, GenkitError, RunExistsError
-from genkit.model import Model
-from genkit.registry import get_model, get_prior, models, priors
+from genkit.model import PART_KINDS, Model
+from genkit.parts import Part
+from genkit.registry import get_model, models, priors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -112,11 +113,49 @@ def save_weights(model: Model, path: Path) -> None:
     save_tensors(model, path, metadata={"model": model.name})
 
 
-def run_config(model: Model, prior: str | None = None) -> dict[str, Any]:
-    """The part of ``config.json`` that rebuilds a model: its registry name, config and prior."""
+#: config.json format: 1 (genkit 0.1) named only the model and, optionally, a prior; 2 names all four parts.
+FORMAT = 2
+
+
+def model_parts(model: Model) -> dict[str, dict[str, Any]]:
+    """Each part's registry name and options (name None for a part a model plugin builds itself)."""
+    parts = {}
+    for kind in PART_KINDS:
+        part = model.part(kind)
+        named = isinstance(part, Part) and part.name
+        parts[kind] = {"name": part.name, "options": part.config.to_dict()} if named else {"name": None, "options": {}}
+    return parts
+
+
+def run_config(model: Model) -> dict[str, Any]:
+    """The part of ``config.json`` that rebuilds a model: its registry name, its config and its four parts."""
     from genkit import __version__
 
-    return {"genkit_version": __version__, "model": model.name, "model_config": model.config.to_dict(), "prior": prior}
+    return {
+        "genkit_version": __version__,
+        "format": FORMAT,
+        "model": model.name,
+        "model_config": model.config.to_dict(),
+        "parts": model_parts(model),
+    }
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 config.json read as format 2 (in memory): the noise moves from the training to the data
+    settings, and the KL warm-up from the training settings to the loss's options."""
+    if "parts" in config:
+        return config
+    config = {**config}
+    train = config.get("train")
+    if isinstance(train, dict):
+        train = {**train}
+        noise, warmup = train.pop("noise", None), train.pop("kl_warmup", 0)
+        config["train"] = train
+        if isinstance(config.get("data"), dict):
+            config["data"] = {**config["data"], "noise": noise}
+        if warmup:
+            config["legacy_options"] = {"loss.kl_warmup": warmup}
+    return config
 
 
 def load_weights(model: Model, path: Path) -> None:
@@ -184,21 +223,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def build_model_from_config(config: dict[str, Any], source: Path) -> Model:
-    """The model a run's ``config.json`` describes (untrained), with the prior it names."""
+def build_model_from_config(config: dict[str, Any], source: Path, check: bool = True) -> Model:
+    """The model a run's ``config.json`` describes (untrained), with the parts it names.
+
+    ``check=False`` skips the compatibility check of the parts, for a finished model whose prior was fitted
+    after training (e.g. a VAE with a ``gmm`` prior, which could not be trained with it).
+    """
+    config = upgrade_config(config)
     try:
         name, options = config["model"], config["model_config"]
     except KeyError as exc:
         raise CheckpointError(f"{source} lacks the field {exc}; restore it or start a new run") from None
-    prior = config.get("prior")
-    if not isinstance(name, str) or not isinstance(options, dict) or not isinstance(prior, (str, type(None))):
-        raise CheckpointError(
-            f"{source} is damaged: model must be a name, model_config an object and prior a name or null"
-        )
+    if not isinstance(name, str) or not isinstance(options, dict):
+        raise CheckpointError(f"{source} is damaged: model must be a name and model_config an object")
+    options = {**options, **config.get("legacy_options", {})}
+    parts = config.get("parts")
+    if parts is None:  # format 1
+        prior = config.get("prior")
+        if not isinstance(prior, (str, type(None))):
+            raise CheckpointError(f"{source} is damaged: prior must be a name or null")
+        chosen = {"prior": prior}
+    else:
+        chosen = {}
+        if not isinstance(parts, dict) or set(parts) - set(PART_KINDS):
+            raise CheckpointError(f"{source} is damaged: parts must map {', '.join(PART_KINDS)} to a name and options")
+        for kind, entry in parts.items():
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("name"), (str, type(None)))
+                or not isinstance(entry.get("options", {}), dict)
+            ):
+                raise CheckpointError(f"{source} is damaged: parts.{kind} must hold a name (or null) and options")
+            if entry["name"]:
+                chosen[kind] = entry["name"]
+                options.update({f"{kind}.{key}": value for key, value in entry.get("options", {}).items()})
     try:
-        model = get_model(name, **options)
-        if prior:
-            model.prior = get_prior(prior, model.config.latent)
+        model = get_model(name, **chosen, **options, check=check)
     except (GenkitError, TypeError) as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     return model
@@ -209,7 +269,7 @@ def load_model(run_dir: str | os.PathLike[str], device: torch.device | str = "cp
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
-    model = build_model_from_config(read_json(run / CONFIG_FILE), run / CONFIG_FILE)
+    model = build_model_from_config(read_json(run / CONFIG_FILE), run / CONFIG_FILE, check=False)
     load_weights(model, run / WEIGHTS_FILE)
     return model.to(device).eval()
 
@@ -222,20 +282,21 @@ def save_run(
     For a model trained in your own code (e.g. with ``genkit.train.Trainer``); ``genkit run`` writes these
     files itself. The folder then works with ``genkit sample``, ``encode``, ``decode`` and ``denoise`` too, but not
     with ``--resume`` (it has no training checkpoint). Each file is written to a temporary name and renamed.
+    ``config.json`` records every part by registry name with its options, and the weights hold the parameters
+    and buffers of all of them (a learned or fitted prior included).
 
     Args:
         model: a model built by ``genkit.get_model``, whose registry name (``model.name``) is recorded.
         folder: the folder to write; created if missing.
-        prior: the registry name of a prior installed on the model after training (e.g. by
-            ``genkit.priors.fit_prior``), so that reloading rebuilds it; ``None`` keeps the model's own prior.
+        prior: if given, the registry name the model's prior must have (a check that the prior installed after
+            training, e.g. by ``genkit.priors.fit_prior``, is the one meant).
         overwrite: replace the config and weights of a folder that already holds them.
 
     Returns:
         The folder's path.
 
     Raises:
-        ConfigError: the model has no registry name, ``prior`` is not the class of the model's prior, or the prior
-            was built with options that change its shapes (only its name is recorded).
+        ConfigError: the model has no registry name, or its prior is not ``prior``.
         PluginError: ``model.name`` or ``prior`` is not a registered plugin.
         RunExistsError: the folder already holds a config or weights and ``overwrite`` is false.
     """
@@ -244,24 +305,17 @@ def save_run(
             f"cannot save a {type(model).__name__} without a registry name: build it with genkit.get_model(NAME)"
         )
     models.info(model.name)  # the name must resolve now, or the folder could never be reloaded
-    if prior is not None:
-        if not isinstance(model.prior, priors.load(prior)):
-            raise ConfigError(
-                f"prior {prior!r} does not match the model's prior ({type(model.prior).__name__}); "
-                "pass the name it was built from, or None for the model's own prior"
-            )
-        rebuilt = {k: v.shape for k, v in get_prior(prior, model.config.latent).state_dict().items()}
-        if rebuilt != {k: v.shape for k, v in model.prior.state_dict().items()}:
-            raise ConfigError(
-                f"the {prior} prior was built with options that config.json cannot record (its tensors are shaped "
-                f"unlike a default {prior} prior's), so load_model could not rebuild it: fit it with default options"
-            )
+    if prior is not None and not isinstance(model.prior, priors.load(prior)):
+        raise ConfigError(
+            f"prior {prior!r} does not match the model's prior ({type(model.prior).__name__}); "
+            "pass the name it was built from, or None for the model's own prior"
+        )
     run = Path(folder)
     if run.exists() and not run.is_dir():
         raise RunExistsError(f"{run} exists and is not a folder: choose another folder")
     taken = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (run / name).exists()]
     if taken and not overwrite:
         raise RunExistsError(f"{run} already holds {' and '.join(taken)}: pass overwrite=True or choose another folder")
-    write_json(run / CONFIG_FILE, run_config(model, prior))
+    write_json(run / CONFIG_FILE, run_config(model))
     save_weights(model, run / WEIGHTS_FILE)
     return run

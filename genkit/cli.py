@@ -24,7 +24,15 @@ from genkit.run import check_run, fitted_prior, resume_run, start_run
 from genkit.train import TrainConfig
 
 SEED = click.IntRange(-(2**40) + 1, 2**40 - 1)
-KINDS = {"models": registry.models, "priors": registry.priors, "losses": registry.losses, "noise": registry.noise}
+KINDS = {
+    "models": registry.models,
+    "encoders": registry.encoders,
+    "decoders": registry.decoders,
+    "priors": registry.priors,
+    "losses": registry.losses,
+    "noise": registry.noise,
+}
+PART_OF_KIND = {"encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,24 +58,49 @@ def list_cmd(pattern: str | None, kind: str) -> None:
         if isinstance(obj, registry.FailedPlugin):
             click.echo(f"{info.name:<{width}}  BROKEN  {obj}")
         else:
-            click.echo(f"{info.name:<{width}}  {_first_line(obj)}  [{info.distribution}]")
+            click.echo(f"{info.name:<{width}}  {registry.describe(obj)}  [{info.distribution}]")
 
 
-def _first_line(obj: object) -> str:
-    doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else ""
+def _option_lines(config: Any, prefix: str) -> list[str]:
+    """One line per option of a config class or instance, as ``--set [PART.]KEY=VALUE`` the way genkit run takes it,
+    with the instance's value (a preset's default) or the class default."""
+    values = config.to_dict() if not isinstance(config, type) else config.defaults()
+    lines = []
+    for field, kind, _, help_text in config.describe_fields():
+        value = values[field]
+        setting = f"--set {prefix}{field}={value if isinstance(value, str) else json.dumps(value)}"
+        lines.append(f"  {setting:<34} {kind:<6} {help_text}")
+    return lines
 
 
 @cli.command()
 @click.argument("name")
-def info(name: str) -> None:
-    """Describe model NAME: what it is, who provides it, its options with defaults."""
-    cls = registry.get_model_class(name)
-    click.echo(f"{name}: {cls.describe()}")
-    click.echo(f"provided by: {registry.models.info(name).distribution}")
-    click.echo("options (genkit run NAME --OPTION VALUE):")
-    for field, kind, default, help_text in cls.config_class.describe_fields():
-        click.echo(f"  --{field.replace('_', '-'):<16} {kind:<6} default {default!s:<8} {help_text}")
+@click.option("--kind", type=click.Choice(sorted(KINDS)), default="models", show_default=True, help="Which plugins.")
+def info(name: str, kind: str) -> None:
+    """Describe plugin NAME: what it is, who provides it, its parts and every option with its default."""
+    obj = KINDS[kind].load(name)
+    click.echo(f"{name}: {registry.describe(obj)}")
+    click.echo(f"provided by: {KINDS[kind].info(name).distribution}")
+    if kind in PART_OF_KIND:
+        part = PART_OF_KIND[kind]
+        click.echo(f"options (genkit run MODEL --{part} {name} --set {part}.KEY=VALUE):")
+        for line in _option_lines(obj.config_class, f"{part}."):
+            click.echo(line)
+        return
+    if kind != "models":
+        return
+    model = registry.get_model(name, check=False)
+    click.echo("parts (swap one with --encoder/--decoder/--prior/--loss NAME):")
+    for part in registry.PARTS:
+        click.echo(f"  {part:<8} {model.part(part).name or type(model.part(part)).__name__}")
+    click.echo("options (each line works as written after genkit run " + name + "):")
+    for line in _option_lines(model.config, ""):
+        click.echo(line)
+    for part in registry.PARTS:
+        current = model.part(part)
+        if getattr(current, "name", ""):
+            for line in _option_lines(current.config, f"{part}."):
+                click.echo(line)
 
 
 def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
@@ -77,10 +110,11 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        key = key.replace("-", "_")
         try:
-            options[key.replace("-", "_")] = json.loads(raw)
+            options[key] = json.loads(raw)
         except ValueError:  # not JSON (or a number too long for it): keep the text, the config checks it
-            options[key.replace("-", "_")] = raw
+            options[key] = raw
     return options
 
 
@@ -92,9 +126,17 @@ def _train_options(**given: Any) -> TrainConfig:
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--latent", type=click.IntRange(min=1), help="Size of the latent code.")
-@click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (beta-vae).")
+@click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (the loss's beta option).")
+@click.option("--encoder", help="Encoder by registry name (genkit list --kind encoders).")
+@click.option("--decoder", help="Decoder by registry name (genkit list --kind decoders).")
+@click.option("--prior", help="Prior by registry name (genkit list --kind priors).")
+@click.option("--loss", help="Loss by registry name (genkit list --kind losses).")
 @click.option(
-    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other model option (genkit info MODEL)."
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="[PART.]KEY=VALUE",
+    help="A model option, or a part's (e.g. loss.k=5); genkit info MODEL lists them.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train [default: 10].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size [default: 128].")
@@ -105,7 +147,7 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option("--lr-warmup", type=click.IntRange(min=0), help="Epochs of linear lr warm-up from 0 [default: 0].")
 @click.option("--seed", type=int, help="Random seed [default: 0].")
 @click.option("--noise", metavar="NAME:LEVEL", help="Train a denoiser on noisy inputs, e.g. gaussian:0.5.")
-@click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up [default: 0].")
+@click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up (loss.kl_warmup).")
 @click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, or a folder of images.")
 @click.option("--data-dir", envvar=DATA_ENV, help=f"Where datasets live (or ${DATA_ENV}); downloaded there if missing.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/MODEL-DATASET].")
@@ -116,6 +158,7 @@ def _train_options(**given: Any) -> TrainConfig:
 @click.option("--stream", is_flag=True, help="Read an image folder's training images from disk each epoch.")
 @click.option("--workers", type=click.IntRange(min=0), help="Loader processes for --stream [default: 2].")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on CUDA only; --amp also on the CPU].")
+@click.option("--channels-last", is_flag=True, default=None, help="Channels-last conv weights (faster for conv nets).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(min=1), help="Train with N processes (DDP through torchrun).")
 @click.pass_context
@@ -124,6 +167,10 @@ def run(
     model: str | None,
     latent: int | None,
     beta: float | None,
+    encoder: str | None,
+    decoder: str | None,
+    prior: str | None,
+    loss: str | None,
     settings: tuple[str, ...],
     resume: str | None,
     dataset: str,
@@ -134,6 +181,8 @@ def run(
     stream: bool,
     quiet: bool,
     nproc: int | None,
+    noise: str | None,
+    kl_warmup: int | None,
     **train: Any,
 ) -> None:
     """Train MODEL and write samples, latent plot, reconstructions, denoising, curves, weights and metrics."""
@@ -141,7 +190,7 @@ def run(
     if relaunch and (train["batch_size"] or TrainConfig.batch_size) % nproc:
         raise ConfigError(f"batch size must be divisible by the {nproc} processes: change --batch-size or --nproc")
     if resume:
-        if model or latent or beta or settings:
+        if model or latent or beta or settings or encoder or decoder or prior or loss or noise or kl_warmup:
             raise click.UsageError("--resume continues a run as configured: give only --resume RUN_DIR [--epochs N]")
         if relaunch:
             read_json(Path(resume) / "config.json")  # fail here, in one line, rather than in every process
@@ -150,11 +199,11 @@ def run(
         return
     if not model:
         raise click.UsageError("name a MODEL (see genkit list) or give --resume RUN_DIR")
-    flags = {"latent": latent, "beta": beta}
+    flags = {"latent": latent, "beta": beta, "loss.kl_warmup": kl_warmup}
     options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
     config = _train_options(progress=not quiet, **train)
     where = {"dataset": dataset, "data_dir": data_dir, "out": out, "overwrite": overwrite, "limit": limit}
-    where["stream"] = stream
+    where.update(stream=stream, noise=noise, parts={"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss})
     if relaunch:
         check_run(model, options, config, **where)  # user errors: one line here, not one per process
         ctx.exit(_relaunch(nproc, ctx.obj["argv"]))

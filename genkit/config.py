@@ -1,53 +1,69 @@
-"""Typed model configuration: a dataclass per model, with dict round trips and validation."""
+"""Typed configuration: one ``Config`` base for model, part and training settings (dict round trips, validation)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from genkit.errors import ConfigError
 
-C = TypeVar("C", bound="ModelConfig")
+C = TypeVar("C", bound="Config")
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with a default and a one-line help text (shown by ``genkit info``)."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with a default, a one-line help text (shown by ``genkit info``) and optional choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _allowed(kind: Any) -> tuple[set[type], bool]:
+    """The plain types a field's annotation admits, and whether it admits None."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = typing.get_args(kind)
+        return {a for a in args if a is not type(None)}, type(None) in args
+    return {kind}, False
 
 
 @dataclass
-class ModelConfig:
-    """Fields every model shares. Subclass it beside each model and add the model's own fields."""
+class Config:
+    """Base of every settings dataclass: checks types, ranges and choices, and reads/writes plain dicts.
 
-    latent: int = option(16, "size of the latent code")
-    image_size: int = option(28, "height and width of the (square) input images")
-    image_channels: int = option(1, "channels of the input images (1 grayscale, 3 RGB)")
+    Subclass it with ``option(...)`` fields; list the fields that must be > 0 in ``positive`` and override
+    ``validate`` (calling ``super().validate()``) for other rules.
+    """
 
-    positive: ClassVar[tuple[str, ...]] = ("latent", "image_size", "image_channels")
+    positive: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Check types and ranges; raise ``ConfigError`` with the offending field."""
+        """Check types, choices and ranges; raise ``ConfigError`` naming the offending field."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind = hints.get(f.name)
-            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            kinds, optional = _allowed(hints.get(f.name))
+            if value is None and optional:
+                continue
+            if int in kinds and float not in kinds and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{f.name} must be an integer, got {value!r}")
-            if kind is float:
+            if float in kinds:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"{f.name} must be a number, got {value!r}")
                 number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
                 if not math.isfinite(number):
                     raise ConfigError(f"{f.name} must be finite, got {value!r}")
                 setattr(self, f.name, number)
-            if kind is str and not isinstance(value, str):
+            if str in kinds and not isinstance(value, str):
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
+            if bool in kinds and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
         for name in self.positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -57,23 +73,51 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls: type[C], data: Any) -> C:
-        """Build a config from a dict, rejecting unknown keys and ill-typed values."""
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default value."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: Any, owner: str = "") -> C:
+        """Build a config from a dict over the defaults, rejecting unknown keys and ill-typed values.
+
+        ``owner`` (e.g. ``"loss iwae"``) names what the options belong to in error messages.
+        """
+        who = owner or cls.__name__
         if not isinstance(data, dict):
-            raise ConfigError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
+            raise ConfigError(f"the options of {who} must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(map(str, set(data) - known))  # str: a JSON-like dict may mix key types
         if unknown:
             raise ConfigError(
-                f"unknown option(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+                f"unknown option(s) for {who}: {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})"
             )
-        return cls(**data)
+        try:
+            return cls(**{**cls.defaults(), **data})
+        except ConfigError as exc:
+            raise ConfigError(f"{who}: {exc}" if owner else str(exc)) from None
 
     @classmethod
     def describe_fields(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, help) for every field, in declaration order."""
         hints = typing.get_type_hints(cls)
-        return [
-            (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, f.metadata.get("help", ""))
-            for f in dataclasses.fields(cls)
-        ]
+        rows = []
+        for f in dataclasses.fields(cls):
+            kinds, optional = _allowed(hints[f.name])
+            kind = "|".join(sorted(k.__name__ for k in kinds)) + ("|None" if optional else "")
+            help_text = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                help_text += f" ({', '.join(f.metadata['choices'])})"
+            rows.append((f.name, kind, f.default, help_text))
+        return rows
+
+
+@dataclass
+class ModelConfig(Config):
+    """The sizes every part of a model shares. A whole-model plugin subclasses it and adds its own fields."""
+
+    latent: int = option(16, "size of the latent code")
+    image_size: int = option(28, "height and width of the (square) input images")
+    image_channels: int = option(1, "channels of the input images (1 grayscale, 3 RGB)")
+
+    positive: ClassVar[tuple[str, ...]] = ("latent", "image_size", "image_channels")

@@ -1,35 +1,108 @@
-"""Built-in losses (``genkit.losses`` group): a reconstruction term, and the (β-weighted) ELBO."""
+"""Built-in losses (``genkit.losses`` group): ``reconstruction`` and the (β-weighted, warmed-up) ``elbo``.
+
+Every loss here and in ``genkit_plugins.losses`` scores reconstructions with the same likelihood options
+(``LikelihoodConfig``): Bernoulli on the decoder's logits, or a Gaussian of fixed ``sigma`` around
+``sigmoid(logits)`` (squared error, as many published nets train).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genkit.parts import LossOutput, ModelOutput, Prior
+from genkit.config import Config, option
+from genkit.errors import ConfigError
+from genkit.parts import Batch, Loss, LossOutput, require_density, require_trained_prior
+
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-def reconstruction_nll(logits: Tensor, target: Tensor) -> Tensor:
-    """Bernoulli negative log-likelihood, summed over pixels and averaged over the batch."""
-    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
-    return per_pixel.flatten(1).sum(1).mean()
+@dataclass
+class LikelihoodConfig(Config):
+    """How reconstructions are scored: log p(x|z)."""
+
+    likelihood: str = option("bernoulli", "reconstruction likelihood p(x|z)", LIKELIHOODS)
+    sigma: float = option(0.1, "standard deviation of the gaussian likelihood")
+
+    positive: ClassVar[tuple[str, ...]] = ("sigma",)
 
 
-class ReconstructionLoss:
+def reconstruction_log_likelihood(
+    logits: Tensor, target: Tensor, likelihood: str = "bernoulli", sigma: float = 0.1
+) -> Tensor:
+    """log p(target | z) per image (summed over pixels), from the decoder's ``logits``."""
+    logits, target = logits.float(), target.float()
+    if likelihood == "bernoulli":
+        per_pixel = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    elif likelihood == "gaussian":
+        per_pixel = -0.5 * ((torch.sigmoid(logits) - target) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
+    else:
+        raise ConfigError(f"unknown likelihood {likelihood!r}: use {' or '.join(LIKELIHOODS)}")
+    return per_pixel.flatten(1).sum(1)
+
+
+def reconstruction_nll(logits: Tensor, target: Tensor, likelihood: str = "bernoulli", sigma: float = 0.1) -> Tensor:
+    """Negative log-likelihood of the reconstruction, summed over pixels and averaged over the batch."""
+    return -reconstruction_log_likelihood(logits, target, likelihood, sigma).mean()
+
+
+def ramp(progress: float | None, epochs: float) -> float:
+    """A linear ramp from 0 to 1 over ``epochs`` epochs; 1 without warm-up or outside training."""
+    return 1.0 if progress is None or epochs <= 0 else min(1.0, progress / epochs)
+
+
+class ReconstructionLoss(Loss):
     """Reconstruction only: the loss of a deterministic autoencoder."""
 
-    def __call__(self, output: ModelOutput, target: Tensor, prior: Prior) -> LossOutput:
-        return LossOutput({"reconstruction": reconstruction_nll(output.logits, target)})
+    config_class = LikelihoodConfig
+
+    def forward(self, model, batch: Batch) -> LossOutput:  # type: ignore[no-untyped-def]
+        c = self.config
+        posterior = model.encode(batch.x)
+        z = posterior.sample(batch.generator) if model.training else posterior.mean
+        return LossOutput(
+            {"reconstruction": reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)}
+        )
 
 
-class ELBOLoss:
-    """Negative ELBO with a β weight on the KL term (β = 1 is the VAE, β > 1 the β-VAE).
+@dataclass
+class ELBOConfig(LikelihoodConfig):
+    beta: float = option(1.0, "weight of the KL term (1 gives the plain VAE, >1 the beta-VAE)")
+    kl_warmup: int = option(0, "epochs over which the KL weight ramps linearly from 0 to beta")
 
-    The ``kl`` term is reported already multiplied by β, so that the total is the plain sum of the terms.
+    def validate(self) -> None:
+        super().validate()
+        if self.beta < 0 or self.kl_warmup < 0:
+            raise ConfigError(f"beta and kl_warmup must be >= 0, got {self.beta} and {self.kl_warmup}")
+
+
+class ELBOLoss(Loss):
+    """Negative ELBO: reconstruction plus β·KL(q(z|x) || p(z)), with an optional KL warm-up.
+
+    The ``kl`` term is reported already multiplied by β; during warm-up the total weights it by the ramp.
     """
 
-    def __init__(self, beta: float = 1.0) -> None:
-        self.beta = beta
+    config_class = ELBOConfig
 
-    def __call__(self, output: ModelOutput, target: Tensor, prior: Prior) -> LossOutput:
-        kl = prior.kl(output.posterior).float().mean()
-        return LossOutput({"reconstruction": reconstruction_nll(output.logits, target), "kl": self.beta * kl})
+    def __init__(self, config: ELBOConfig | None = None, dims=None, *, beta: float | None = None) -> None:  # type: ignore[no-untyped-def]
+        if config is None and beta is not None:
+            config = ELBOConfig(beta=beta)
+        super().__init__(config, dims)
+
+    def check(self, model) -> None:  # type: ignore[no-untyped-def]
+        require_density(self, model, "the KL term")
+        require_trained_prior(self, model)
+
+    def forward(self, model, batch: Batch) -> LossOutput:  # type: ignore[no-untyped-def]
+        c = self.config
+        posterior = model.encode(batch.x)
+        z = posterior.sample(batch.generator)
+        reconstruction = reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)
+        kl = c.beta * model.prior.kl(posterior, z).float().mean()
+        total = reconstruction + ramp(batch.progress, c.kl_warmup) * kl
+        return LossOutput({"reconstruction": reconstruction, "kl": kl}, total)

@@ -1,22 +1,45 @@
-"""A model is a composition of an Encoder, a Decoder, a Prior and a Loss."""
+"""A model is a composition of an Encoder, a Decoder, a Prior and a Loss; a preset names such a composition."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from genkit.config import ModelConfig
 from genkit.errors import PluginError, ShapeError
-from genkit.parts import Decoder, Encoder, Loss, LossOutput, ModelOutput, Posterior, Prior
+from genkit.parts import Batch, Decoder, Encoder, Loss, LossOutput, ModelOutput, Posterior, Prior
+
+PART_KINDS = ("encoder", "decoder", "prior", "loss")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model registered as a named composition of parts (by registry name) with default options.
+
+    ``options`` maps ``"model"`` and each part kind to default option values, e.g.
+    ``{"model": {"latent": 10}, "encoder": {"head": "gaussian"}, "loss": {"beta": 4.0}}``. A part's defaults
+    apply to whichever part of that kind is chosen, where it has the option.
+    """
+
+    description: str
+    encoder: str
+    decoder: str
+    prior: str
+    loss: str
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def parts(self) -> dict[str, str]:
+        return {kind: getattr(self, kind) for kind in PART_KINDS}
 
 
 class Model(nn.Module):
-    """Base of every genkit model.
+    """Base of every genkit model: four parts and what is done with them (encode, decode, sample, loss).
 
-    A subclass declares its ``config_class`` and builds its four parts in ``__init__(config)``;
-    everything else (encode, decode, sample, loss) is shared.
+    Presets build a ``Model`` from registered parts. A whole-model plugin subclasses it, declares its
+    ``config_class`` and builds its parts in ``__init__(config)``.
     """
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
@@ -24,6 +47,8 @@ class Model(nn.Module):
     name: str = ""
     #: the plugin that provides it, as ``distribution[name]`` (set by ``genkit.get_model``), for error messages.
     plugin: str = ""
+    #: a preset's one-line description (a subclass's is the first line of its docstring).
+    description: str = ""
 
     def __init__(self, config: ModelConfig, *, encoder: Encoder, decoder: Decoder, prior: Prior, loss: Loss) -> None:
         super().__init__()
@@ -33,10 +58,38 @@ class Model(nn.Module):
         self.prior = prior
         self.loss_fn = loss
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "prior" and isinstance(value, Prior):
+            value.attach(self)  # e.g. a VampPrior reads the model's encoder
+
     @classmethod
     def describe(cls) -> str:
         """The first line of the model's docstring."""
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        doc = cls.__doc__ if isinstance(cls.__doc__, str) else ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def part(self, kind: str) -> nn.Module:
+        """The part of ``kind`` (encoder, decoder, prior or loss)."""
+        return self.loss_fn if kind == "loss" else getattr(self, kind)
+
+    def check_parts(self) -> None:
+        """Raise ``ConfigError`` naming both parts if two of the parts cannot work together."""
+        for kind in PART_KINDS:
+            part = self.part(kind)
+            if hasattr(part, "check"):
+                part.check(self)
+
+    @torch.no_grad()
+    def posterior_has_density(self) -> bool:
+        """Whether the encoder's posterior has a density (probed on two blank images)."""
+        training = self.training
+        self.eval()
+        try:
+            x = torch.zeros(2, *self.input_shape, device=self.device)
+            return bool(self.encoder(x).has_density)
+        finally:
+            self.train(training)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -84,10 +137,16 @@ class Model(nn.Module):
         z = posterior.sample(generator) if self.training else posterior.mean
         return ModelOutput(posterior, z, self.decode_logits(z))
 
-    def loss(self, x: Tensor, target: Tensor | None = None) -> LossOutput:
+    def loss(
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        progress: float | None = None,
+    ) -> LossOutput:
         """The loss terms for inputs ``x`` against ``target`` (``x`` itself unless denoising)."""
-        output = self(x)
-        return self.loss_fn(output, x if target is None else target, self.prior)
+        return self.loss_fn(self, Batch(x, x if target is None else target, generator, progress))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

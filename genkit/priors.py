@@ -1,4 +1,4 @@
-"""The built-in standard-normal prior (registered as ``normal`` in the ``genkit.priors`` group)."""
+"""The built-in standard-normal prior (``normal`` in the ``genkit.priors`` group), and ex-post prior fitting."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ class StandardNormal(Prior):
         return torch.randn(n, self.latent, generator=generator, device=self.device)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return -0.5 * (z**2 + math.log(2 * math.pi)).sum(1)
+        return -0.5 * (z**2 + math.log(2 * math.pi)).sum(-1)
 
-    def kl(self, posterior: Posterior, generator: torch.Generator | None = None) -> Tensor:
+    def kl(self, posterior: Posterior, z: Tensor | None = None) -> Tensor:
+        """The closed form for a Gaussian posterior (``z`` is not needed)."""
         if posterior.logvar is None:
             raise ValueError("KL needs a Gaussian posterior, got a deterministic code")
         mean, logvar = posterior.mean, posterior.logvar
@@ -36,9 +37,9 @@ def fit_prior(model: Model, name: str, images: Tensor, **options: Any) -> Prior:
     This is ex-post density estimation: it lets a deterministic autoencoder generate, and often improves
     a VAE's samples. ``genkit sample RUN --prior NAME`` caches the fitted prior beside the run.
     """
-    from genkit.registry import priors
+    from genkit.registry import build_part
 
-    prior = priors.load(name)(model.config.latent, **options).to(model.device)
+    prior = build_part("prior", name, options, model.config).to(model.device)
     prior.fit(model.codes(images))
     model.prior = prior
     return prior

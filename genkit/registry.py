@@ -18,9 +18,10 @@ from importlib import metadata
 from typing import Any
 
 from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
-from genkit.model import Model
+from genkit.config import ModelConfig
+from genkit.model import Model, Preset
 from genkit.noise import NoiseTransform
-from genkit.parts import Loss, Prior
+from genkit.parts import Decoder, Encoder, Loss, Part, Prior
 
 #: Set to 1 to load only genkit's own plugins (third-party entry points are ignored).
 AUTOLOAD_ENV = "GENKIT_DISABLE_PLUGIN_AUTOLOAD"
@@ -63,9 +64,10 @@ def _normalise(name: str) -> str:
 class Registry:
     """Named plugins of one kind (one entry-point group), each expected to be a subclass of ``base``."""
 
-    def __init__(self, group: str, base: type) -> None:
+    def __init__(self, group: str, base: type, instance_of: type | None = None) -> None:
         self.group = group
         self.base = base
+        self.instance_of = instance_of  # registered objects may also be instances of this (a model Preset)
         self._found: dict[str, list[PluginInfo]] | None = None
         self._local: dict[str, PluginInfo] = {}
         self._loaded: dict[str, Any] = {}
@@ -128,10 +130,13 @@ class Registry:
                 obj = info.load_target()
             except Exception as exc:  # any import-time failure of a third-party module
                 raise FailedPlugin(info, f"failed to load {info.target}: {type(exc).__name__}: {exc}") from exc
-            if not (isinstance(obj, type) and issubclass(obj, self.base)):
-                raise FailedPlugin(
-                    info, f"{info.target} is not a subclass of {self.base.__module__}.{self.base.__name__}"
-                )
+            if not (isinstance(obj, type) and issubclass(obj, self.base)) and not (
+                self.instance_of is not None and isinstance(obj, self.instance_of)
+            ):
+                what = f"{self.base.__module__}.{self.base.__name__}"
+                if self.instance_of is not None:
+                    what += f" nor a {self.instance_of.__module__}.{self.instance_of.__name__}"
+                raise FailedPlugin(info, f"{info.target} is not a subclass of {what}")
             self._loaded[name] = obj
         return self._loaded[name]
 
@@ -147,10 +152,14 @@ class Registry:
         return rows
 
 
-models = Registry("genkit.models", Model)
+models = Registry("genkit.models", Model, Preset)
+encoders = Registry("genkit.encoders", Encoder)
+decoders = Registry("genkit.decoders", Decoder)
 priors = Registry("genkit.priors", Prior)
 losses = Registry("genkit.losses", Loss)
 noise = Registry("genkit.noise", NoiseTransform)
+#: the registry of each part kind
+PARTS: dict[str, Registry] = {"encoder": encoders, "decoder": decoders, "prior": priors, "loss": losses}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -158,31 +167,169 @@ def list_models(pattern: str | None = None) -> list[str]:
     return models.names(pattern)
 
 
-def get_model_class(name: str) -> type[Model]:
-    """The model class registered as ``name``."""
+def get_model_class(name: str) -> type[Model] | Preset:
+    """What the model ``name`` is registered as: a ``Model`` subclass or a ``Preset``."""
     return models.load(name)
 
 
-def get_model(name: str, **overrides: Any) -> Model:
-    """Build the registered model ``name``; options left ``None`` keep the model's defaults."""
-    cls = get_model_class(name)
-    options = {k: v for k, v in overrides.items() if v is not None}
-    config = cls.config_class.from_dict({**cls.config_class().to_dict(), **options})
+def describe(obj: Any) -> str:
+    """The one-line description of a registered object (a preset's, or its docstring's first line)."""
+    if isinstance(obj, Preset):
+        return obj.description
+    doc = getattr(obj, "__doc__", None)
+    doc = doc.strip() if isinstance(doc, str) else ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def build_part(kind: str, name: str, options: dict[str, Any] | None = None, dims: ModelConfig | None = None) -> Any:
+    """Build the registered part ``name`` of ``kind`` (encoder, decoder, prior, loss) with ``options``."""
+    registry = PARTS[kind]
+    cls = registry.load(name)
+    config = cls.config_class.from_dict(dict(options or {}), owner=f"{kind} {name}")
     try:
-        model = cls(config)
-    except (GenkitError, ConfigError):
+        part = cls(config, dims or ModelConfig())
+    except GenkitError:
         raise
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0]  # torch appends C++ stack frames to some errors
-        raise FailedPlugin(models.info(name), f"failed to build: {type(exc).__name__}: {reason}") from exc
+        raise FailedPlugin(registry.info(name), f"failed to build: {type(exc).__name__}: {_first(exc)}") from exc
+    part.name = name
+    return part
+
+
+def part_name(kind: str, part: Any) -> str | None:
+    """The registry name of ``part``'s class among the ``kind`` plugins, or None if it is not registered."""
+    if getattr(part, "name", ""):
+        return part.name
+    for info, obj in PARTS[kind].status():
+        if obj is type(part):
+            return info.name
+    return None
+
+
+def get_encoder(name: str, dims: ModelConfig | None = None, **options: Any) -> Encoder:
+    """Build the registered encoder ``name`` for ``dims`` (latent size and image shape; default ``ModelConfig()``)."""
+    return build_part("encoder", name, options, dims)
+
+
+def get_decoder(name: str, dims: ModelConfig | None = None, **options: Any) -> Decoder:
+    """Build the registered decoder ``name`` for ``dims`` (latent size and image shape)."""
+    return build_part("decoder", name, options, dims)
+
+
+def get_prior(name: str, latent: int | None = None, dims: ModelConfig | None = None, **options: Any) -> Prior:
+    """Build the registered prior ``name`` over a latent of size ``latent`` (or for the sizes ``dims``)."""
+    if dims is None:
+        dims = ModelConfig() if latent is None else ModelConfig(latent=latent)
+    return build_part("prior", name, options, dims)
+
+
+def get_loss(name: str, **options: Any) -> Loss:
+    """Build the registered loss ``name`` with ``options`` (e.g. ``get_loss("iwae", k=5)``)."""
+    return build_part("loss", name, options)
+
+
+def get_model(
+    name: str,
+    *,
+    encoder: str | None = None,
+    decoder: str | None = None,
+    prior: str | None = None,
+    loss: str | None = None,
+    check: bool = True,
+    **options: Any,
+) -> Model:
+    """Build the registered model ``name``, optionally with other parts chosen by registry name.
+
+    ``options`` are model options (``latent=16``) and part options as ``"PART.KEY"`` keys, the same as
+    ``genkit run --set``: ``get_model("vae-conv", prior="vamp", loss="iwae", **{"loss.k": 5})``. A plain key that
+    is not a model option sets that option of every part that has it (``channels=64`` sets the encoder's and
+    the decoder's). Options left ``None`` keep the defaults. Incompatible parts raise ``ConfigError`` (``check``
+    False skips that test, for reloading a finished model whose prior was fitted after training).
+    """
+    target = models.load(name)
+    chosen = {k: v for k, v in {"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}.items() if v}
+    plain: dict[str, Any] = {}
+    dotted: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        kind, dot, field = str(key).partition(".")
+        if not dot:
+            plain[key] = value
+        elif kind in PARTS and field:
+            dotted.setdefault(kind, {})[field] = value
+        else:
+            raise ConfigError(f"bad option {key!r}: write KEY or PART.KEY with PART one of {', '.join(PARTS)}")
+    if isinstance(target, Preset):
+        model = _compose(name, target, chosen, plain, dotted)
+    else:
+        model = _build_subclass(name, target, chosen, plain, dotted)
     model.name = name
     model.plugin = models.info(name).label()
+    if check:
+        model.check_parts()
     return model
 
 
-def get_prior(name: str, latent: int) -> Prior:
-    """Build the registered prior ``name`` over a latent of size ``latent``."""
-    return priors.load(name)(latent)
+def _compose(
+    name: str, preset: Preset, chosen: dict[str, str], plain: dict[str, Any], dotted: dict[str, dict[str, Any]]
+) -> Model:
+    names = {**preset.parts(), **chosen}
+    classes = {kind: PARTS[kind].load(part) for kind, part in names.items()}
+    fields = {kind: set(cls.config_class.defaults()) for kind, cls in classes.items()}
+    model_fields = set(ModelConfig.defaults())
+    stray = sorted(k for k in plain if k not in model_fields and not any(k in f for f in fields.values()))
+    if stray:
+        raise ConfigError(
+            f"unknown option {stray[0]!r} for model {name} with parts {', '.join(names.values())}: "
+            f"see genkit info {name} (part options are --set PART.KEY=VALUE)"
+        )
+    dims = ModelConfig.from_dict(
+        {**preset.options.get("model", {}), **{k: v for k, v in plain.items() if k in model_fields}},
+        owner=f"model {name}",
+    )
+    parts = {}
+    for kind, part in names.items():
+        defaults = {k: v for k, v in preset.options.get(kind, {}).items() if k in fields[kind]}
+        shorthand = {k: v for k, v in plain.items() if k in fields[kind]}
+        parts[kind] = build_part(kind, part, {**defaults, **shorthand, **dotted.get(kind, {})}, dims)
+    model = Model(dims, **parts)
+    model.description = preset.description
+    return model
+
+
+def _build_subclass(
+    name: str, cls: type[Model], chosen: dict[str, str], plain: dict[str, Any], dotted: dict[str, dict[str, Any]]
+) -> Model:
+    config = cls.config_class.from_dict(plain, owner=f"model {name}")
+    try:
+        model = cls(config)
+    except GenkitError:
+        raise
+    except Exception as exc:
+        raise FailedPlugin(models.info(name), f"failed to build: {type(exc).__name__}: {_first(exc)}") from exc
+    model.description = cls.describe()
+    for kind in PARTS:
+        current = model.part(kind)
+        if kind not in chosen and kind not in dotted:
+            if isinstance(current, Part) and not current.name:
+                current.name = part_name(kind, current) or ""
+            continue
+        native = part_name(kind, current) if isinstance(current, Part) else None
+        part = chosen.get(kind) or native
+        if part is None:
+            raise ConfigError(
+                f"the {kind} of model {name} is built by the model itself and has no options; "
+                f"choose a registered one with --{kind} NAME (genkit list --kind {kind}s)"
+            )
+        keep = current.config.to_dict() if kind not in chosen and isinstance(current, Part) else {}
+        setattr(model, "loss_fn" if kind == "loss" else kind, build_part(kind, part, {**keep, **dotted.get(kind, {})}, config))
+    return model
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an exception's message (torch appends C++ stack frames to some)."""
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def get_noise(spec: str) -> NoiseTransform:

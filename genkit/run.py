@@ -24,6 +24,7 @@ from genkit.checkpoint import (
     save_checkpoint,
     save_tensors,
     save_weights,
+    upgrade_config,
     write_json,
 )
 from genkit.data import ImageData, ImageFolderStream, load_dataset
@@ -128,16 +129,20 @@ def _try_one_batch(model: Model, data: ImageData | ImageFolderStream) -> None:
 def _prepare(
     model_name: str,
     model_options: dict[str, Any] | None,
+    parts: dict[str, str] | None,
     train: TrainConfig,
     dataset: str,
     data_dir: str | None,
     limit: int | None,
     stream: bool = False,
+    noise: str | None = None,
 ) -> tuple[Model, ImageData | ImageFolderStream, ImageData]:
     if limit is not None and limit <= 0:
         raise ConfigError(f"limit must be positive, got {limit}")
+    if noise is not None:
+        get_noise(noise)  # a bad spec fails before the data is read
     torch.manual_seed(train.seed)
-    model = get_model(model_name, **(model_options or {}))
+    model = get_model(model_name, **(parts or {}), **(model_options or {}))
     train_data, test_data = _load_data(dataset, data_dir, model, limit, stream)
     _try_one_batch(model, train_data)
     return model, train_data, test_data
@@ -153,9 +158,11 @@ def check_run(
     overwrite: bool = False,
     limit: int | None = None,
     stream: bool = False,
+    noise: str | None = None,
+    parts: dict[str, str] | None = None,
 ) -> None:
     """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
-    _prepare(model_name, model_options, train or TrainConfig(), dataset, data_dir, limit, stream)
+    _prepare(model_name, model_options, parts, train or TrainConfig(), dataset, data_dir, limit, stream, noise)
     if out is not None:
         _refuse_existing(Path(out), overwrite)
 
@@ -170,20 +177,28 @@ def start_run(
     overwrite: bool = False,
     limit: int | None = None,
     stream: bool = False,
+    noise: str | None = None,
+    parts: dict[str, str] | None = None,
     log: Log = print,
 ) -> Path:
     """Train ``model_name`` from scratch and write a run folder; returns its path.
 
-    ``stream`` reads an image folder's training images from disk every epoch instead of holding them in memory.
+    ``parts`` chooses other parts by registry name (``{"prior": "vamp", "loss": "iwae"}``) and ``model_options``
+    sets model and part options (``{"latent": 16, "loss.k": 5}``), as for ``genkit.get_model``. ``noise`` (a spec
+    such as ``gaussian:0.5``) trains a denoiser. ``stream`` reads an image folder's training images from disk
+    every epoch instead of holding them in memory.
     """
     train = train or TrainConfig()
-    model, train_data, test_data = _prepare(model_name, model_options, train, dataset, data_dir, limit, stream)
-    trainer = Trainer(model, train)  # joins the process group when launched by torchrun
+    model, train_data, test_data = _prepare(
+        model_name, model_options, parts, train, dataset, data_dir, limit, stream, noise
+    )
+    # joins the process group when launched by torchrun
+    trainer = Trainer(model, train, noise=get_noise(noise) if noise else None)
     run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite))
     config = {
         **run_config(model),
         "train": train.to_dict(),
-        "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream},
+        "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise},
     }
     if distributed.is_main():
         write_json(run_dir / CONFIG_FILE, config)
@@ -209,7 +224,7 @@ def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: 
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
-    config = read_json(run / CONFIG_FILE)
+    config = upgrade_config(read_json(run / CONFIG_FILE))
     try:
         train = TrainConfig.from_dict({**config["train"], **({"epochs": epochs} if epochs else {})})
         data = config["data"]
@@ -223,14 +238,16 @@ def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: 
         or not isinstance(data.get("dataset"), str)
         or not isinstance(data.get("data_dir"), (str, type(None)))
         or not (limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0))
+        or not isinstance(data.get("noise"), (str, type(None)))
     ):
         raise CheckpointError(
             f"{run / CONFIG_FILE} is damaged: its data must name a dataset, a data_dir or null, "
-            "and a positive limit or null"
+            "a positive limit or null, and a noise spec or null"
         )
     model = build_model_from_config(config, run / CONFIG_FILE)
     try:
-        trainer = Trainer(model, train)
+        noise = get_noise(data["noise"]) if data.get("noise") else None
+        trainer = Trainer(model, train, noise=noise)
     except ConfigError as exc:  # e.g. a device this machine does not have
         raise CheckpointError(f"{run / CONFIG_FILE}: {exc}") from None
     state = load_checkpoint(run / CHECKPOINT_FILE)
@@ -291,7 +308,7 @@ def _train_and_report(
                 f"(continue with --resume {run_dir})"
             ) from None
         raise TrainingError(f"{exc}; no epoch finished in {run_dir} (start it again with --overwrite)") from None
-    noise = get_noise(config["train"]["noise"] or DEFAULT_EVAL_NOISE)
+    noise = trainer.noise or get_noise(DEFAULT_EVAL_NOISE)
     final = trainer.evaluate(test, noise) if len(test) else {}
     seconds = sum(r["train_seconds"] for r in history)
     metrics = {
@@ -304,6 +321,10 @@ def _train_and_report(
     }
     if not distributed.is_main():
         return run_dir
+    if model.prior.fitted_after_training:  # e.g. gmm: fitted to the training codes, saved with the weights
+        model.prior.fit(model.codes(train.images if isinstance(train, ImageData) else train.head(FIT_IMAGES)))
+        save_weights(model, run_dir / WEIGHTS_FILE)
+        log(f"fitted the {model.prior.name or 'prior'} prior to the training codes")
     write_json(run_dir / METRICS_FILE, metrics)
     report.write_pictures(model, test, history, noise, run_dir)
     if final:
@@ -327,7 +348,7 @@ def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_
     run = Path(run_dir)
     path = run / f"prior-{name}.safetensors"
     if path.is_file():
-        prior = get_prior(name, model.config.latent)
+        prior = get_prior(name, dims=model.config)
         try:
             prior.load_state_dict(load_file(str(path)))
         except Exception as exc:  # a stale or damaged cache is refitted, not fatal

@@ -7,13 +7,12 @@ permutation: for small image models the input pipeline, not arithmetic, is usual
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,12 +21,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm.auto import tqdm
 
 from genkit import distributed, metrics
+from genkit.config import Config, option
 from genkit.data import ImageData
 from genkit.errors import ConfigError, TrainingError
 from genkit.model import Model
 from genkit.noise import NoiseTransform
-from genkit.parts import LossOutput
-from genkit.registry import get_noise
 
 #: per-epoch seeds are derived from the seed; beyond this torch's generators overflow
 SEED_LIMIT = 2**40
@@ -36,80 +34,34 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
-class TrainConfig:
-    """How to train: the same options for every model.
+class TrainConfig(Config):
+    """How to train: the same options for every model (``genkit run`` takes each as ``--OPTION``)."""
 
-    Attributes:
-        epochs: passes over the training set.
-        batch_size: images per step (the global batch when several processes train).
-        lr: Adam's learning rate.
-        lr_schedule: ``constant``, or ``cosine``: decays the learning rate from ``lr`` to 0 over the run,
-            step by step (a lower final error for the same number of epochs).
-        lr_warmup: epochs over which the learning rate ramps linearly from 0 (keeps deeper nets from collapsing
-            at a high ``lr``).
-        seed: fixes initialisation, shuffling, noise and sampling; each epoch reseeds from it.
-        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        noise: a noise spec such as ``gaussian:0.5`` to train a denoiser (noisy input, clean target).
-        kl_warmup: epochs over which the weight of the ``kl`` term ramps linearly from 0 to 1.
-        amp: bf16 autocast; ``None`` (default) uses it on CUDA only, ``True`` also on the CPU (faster on CPUs
-            with bf16 support, at bf16 precision), ``False`` never.
-        compile: ``torch.compile`` the loss computation.
-        progress: show a progress bar.
-        workers: ``DataLoader`` worker processes for a dataset streamed from disk (``--stream``).
-        eval_batch_size: images per batch when evaluating.
-    """
+    epochs: int = option(10, "passes over the training set")
+    batch_size: int = option(128, "images per step (the global batch when several processes train)")
+    lr: float = option(1e-3, "Adam's learning rate")
+    lr_schedule: str = option("constant", "cosine decays the learning rate to 0 over the run", LR_SCHEDULES)
+    lr_warmup: int = option(0, "epochs over which the learning rate ramps linearly from 0 (deep nets at high lr)")
+    seed: int = option(0, "fixes initialisation, shuffling, noise, the loss's draws and sampling")
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    amp: bool | None = option(None, "bf16 autocast: null = on CUDA only, true = also on the CPU, false = never")
+    compile: bool = option(False, "torch.compile the loss computation (pays off on GPUs for long runs)")
+    channels_last: bool = option(False, "convert 4-d weights to channels-last (opt-in: a .view() after a conv fails)")
+    progress: bool = option(True, "show a progress bar")
+    eval_batch_size: int = option(1000, "images per batch when evaluating")
+    workers: int = option(2, "DataLoader worker processes for a dataset streamed from disk (--stream)")
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    lr_warmup: int = 0  # epochs over which the learning rate ramps linearly from 0 to lr
-    seed: int = 0
-    device: str = "auto"
-    noise: str | None = None  # e.g. "gaussian:0.5": train a denoiser (noisy input -> clean target)
-    kl_warmup: int = 0  # epochs over which the weight of the "kl" term ramps linearly from 0 to 1
-    amp: bool | None = None  # bf16 autocast: None = on CUDA only, True = also on the CPU, False = never
-    compile: bool = False  # torch.compile the loss computation (pays off on GPUs for long runs)
-    progress: bool = True
-    eval_batch_size: int = 1000
-    workers: int = 2  # DataLoader worker processes, used only for datasets streamed from disk
+    positive: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "lr", "eval_batch_size")
 
-    def __post_init__(self) -> None:
-        for name in ("workers", "kl_warmup", "lr_warmup"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or abs(self.seed) >= SEED_LIMIT:
+    def validate(self) -> None:
+        super().validate()
+        for name in ("workers", "lr_warmup"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if abs(self.seed) >= SEED_LIMIT:
             raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
-        if not isinstance(self.device, str) or (self.device != "auto" and self.device.split(":")[0] not in DEVICES):
+        if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
-        if self.amp not in (None, True, False):
-            raise ConfigError(f"amp must be true, false or null, got {self.amp!r}")
-        if self.noise is not None:
-            get_noise(self.noise)  # validate the spec early
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as plain JSON-ready values."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """A TrainConfig from a dict (e.g. a run's config.json), rejecting unknown keys and bad values."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"training options must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -174,20 +126,25 @@ class Trainer:
     #: steps between reads of device values (non-finite check, progress bar); each read waits for the device
     sync_every = 50
 
-    def __init__(self, model: Model, config: TrainConfig | None = None, callbacks: list[Callback] | None = None):
+    def __init__(
+        self,
+        model: Model,
+        config: TrainConfig | None = None,
+        callbacks: list[Callback] | None = None,
+        noise: NoiseTransform | None = None,
+    ):
         self.config = config or TrainConfig()
         self.device = distributed.setup(self.config.device) or select_device(self.config.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if self.config.batch_size % self.world:
             raise ConfigError(f"batch size {self.config.batch_size} must be divisible by the {self.world} processes")
-        # Channels-last convolutions: 2-12% faster training of the conv models in A/B runs on a 2-core CPU, and the
-        # layout tensor cores want. Only 4-d weights change, so models without convolutions are untouched.
-        layout = torch.channels_last if self.device.type in ("cpu", "cuda") else torch.preserve_format
+        # Channels-last weights are opt-in: the conv models train 2-12% faster on a 2-core CPU, but a user's net
+        # that calls .view() after a convolution breaks under the changed layout.
+        layout = torch.channels_last if self.config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=layout)
         self.callbacks = list(callbacks or [])
-        # The fused kernel is the fastest Adam and the one that can skip a step on the device (found_inf).
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.lr, fused=True)
-        self.noise: NoiseTransform | None = get_noise(self.config.noise) if self.config.noise else None
+        self.optimizer = self._make_optimizer()
+        self.noise = noise
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         loss_module: nn.Module = _LossModule(model)
@@ -200,6 +157,19 @@ class Trainer:
         use_amp = amp is True or (amp is None and self.device.type == "cuda")
         kind = self.device.type
         self.autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        # The fused kernel is the fastest Adam and the one that can skip a step on the device (found_inf).
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)
+
+    def _check_optimizer(self) -> None:
+        """A part swapped after the trainer was built (e.g. a learned prior) must not be left out of training."""
+        owned = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if owned != {id(p) for p in self.model.parameters()}:
+            if self.epoch or self.optimizer.state:
+                raise ConfigError("the model's parameters changed after training started; build a new Trainer")
+            self.model.to(self.device)
+            self.optimizer = self._make_optimizer()
 
     # -- state for checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -220,18 +190,16 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
 
-    def _seed_epoch(self) -> tuple[torch.Generator, torch.Generator]:
-        """Generators for this epoch's shuffle (shared by all processes) and noise (per process)."""
+    def _seed_epoch(self) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+        """Generators for this epoch's shuffle (shared by all processes), noise and the loss's draws (per process)."""
         base = self.config.seed * 1_000_003 + self.epoch
-        torch.manual_seed(base * 7 + 1 + self.rank)  # reparameterisation draws
+        torch.manual_seed(base * 7 + 1 + self.rank)  # anything a plugin draws without the generator (e.g. dropout)
         shuffle = torch.Generator().manual_seed(base)
         noise = torch.Generator(device=self.device).manual_seed(base * 7 + 2 + self.rank)
-        return shuffle, noise
+        draws = torch.Generator(device=self.device).manual_seed(base * 7 + 3 + self.rank)
+        return shuffle, noise, draws
 
     # -- training -------------------------------------------------------------------------------
-    def kl_weight(self, progress: float) -> float:
-        """The KL warm-up weight after ``progress`` epochs (1 without warm-up)."""
-        return _ramp(progress, self.config.kl_warmup)
 
     def learning_rate(self, progress: float) -> float:
         """The learning rate after ``progress`` epochs: the warm-up ramp times the schedule."""
@@ -245,6 +213,7 @@ class Trainer:
         """Train until ``config.epochs`` epochs are done (continuing after a resume); returns the history."""
         if len(train) == 0:
             raise TrainingError("the training set is empty")
+        self._check_optimizer()
         streamed = not isinstance(train, ImageData)
         self.model.check_input(train.head(1) if streamed else train.images[:1])
         train_images = None if streamed else train.images.to(self.device)
@@ -269,16 +238,16 @@ class Trainer:
 
     def train_epoch(self, images: torch.Tensor) -> dict[str, float]:
         """One pass over ``images`` (already on the device); returns the mean loss terms."""
-        shuffle_rng, noise_rng = self._seed_epoch()
+        shuffle_rng, noise_rng, draws = self._seed_epoch()
         order = torch.randperm(images.shape[0], generator=shuffle_rng).to(self.device)
         # Every process walks the same global batches and trains on its own slice of each.
         batches = [b for b in order.split(self.config.batch_size) if len(b) >= self.world]
         local = (images[b.tensor_split(self.world)[self.rank]] for b in batches)
-        return self._run_batches(local, len(batches), noise_rng)
+        return self._run_batches(local, len(batches), noise_rng, draws)
 
     def train_epoch_streamed(self, dataset: Dataset) -> dict[str, float]:
         """One pass over a dataset read from disk; each process reads its own shard (``DistributedSampler``)."""
-        shuffle_rng, noise_rng = self._seed_epoch()
+        shuffle_rng, noise_rng, draws = self._seed_epoch()
         loader = DataLoader(
             dataset,
             batch_size=self.config.batch_size // self.world,
@@ -287,9 +256,11 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         batches = (images.to(self.device, non_blocking=True) for images, _ in loader)
-        return self._run_batches(batches, len(loader), noise_rng)
+        return self._run_batches(batches, len(loader), noise_rng, draws)
 
-    def _run_batches(self, batches: Iterable[torch.Tensor], count: int, noise_rng: torch.Generator) -> dict[str, float]:
+    def _run_batches(
+        self, batches: Iterable[torch.Tensor], count: int, noise_rng: torch.Generator, draws: torch.Generator
+    ) -> dict[str, float]:
         model, cfg = self.model, self.config
         model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -299,10 +270,9 @@ class Trainer:
         with _NonFiniteGuard(self.optimizer, self.device, self.epoch + 1) as guard:
             for step, clean in enumerate(bar):
                 noisy = self.noise(clean, noise_rng) if self.noise else clean
-                with self.autocast():
-                    out = LossOutput(self.loss_module(noisy, clean))
                 progress = self.epoch + step / count
-                loss = out.weighted({"kl": self.kl_weight(progress)})
+                with self.autocast():
+                    loss, terms = self.loss_module(noisy, clean, draws, progress)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate(progress)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -310,7 +280,7 @@ class Trainer:
                 guard.check(step, loss)  # on the device: the optimizer itself skips a non-finite step
                 self.optimizer.step()
                 seen += len(clean)
-                for name, value in out.terms.items():
+                for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float() * len(clean)
                 # Reading a value waits for the device, so it happens only every `sync_every` steps.
                 if (step + 1) % self.sync_every == 0:
@@ -335,13 +305,14 @@ class Trainer:
         model.eval()
         noise = noise or self.noise
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 2 + self.rank)
+        draws = torch.Generator(device=self.device).manual_seed(self.config.seed + 3 + self.rank)
         images = data.images[self.rank :: self.world]  # each process scores its shard; sums are reduced
         sums: dict[str, float] = {}
         for start in range(0, len(images), self.config.eval_batch_size):
             clean = images[start : start + self.config.eval_batch_size].to(self.device)
             k = clean.shape[0]
             with self.autocast():
-                terms = model.loss(clean).terms
+                terms = model.loss(clean, generator=draws).terms
                 recon = model.reconstruct(clean).float()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * k
@@ -366,8 +337,11 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.loss(x, target).terms
+    def forward(
+        self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator, progress: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model.loss(x, target, generator=generator, progress=progress)
+        return out.total, out.terms
 
 
 class _NonFiniteGuard:

@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from genkit import ConfigError, DataError, Prior, ShapeError
+from genkit import Config, ConfigError, DataError, ModelConfig, Prior, ShapeError, option
 
 #: Rows of codes scored at once, bounded so that (components, latent, rows) stays near 2**24 values.
 _CHUNK_VALUES = 1 << 24
 
 
+@dataclass
+class GMMConfig(Config):
+    components: int = option(10, "mixture components")
+    max_iter: int = option(200, "EM iterations at most")
+    tol: float = option(1e-5, "EM stops when the mean log-likelihood changes less than this (relative)")
+    reg_covar: float = option(1e-6, "covariance floor, times the average code variance")
+    kmeans_iter: int = option(10, "Lloyd steps of the k-means initialisation")
+    seed: int = option(0, "seed of the k-means++ initialisation")
+
+    positive: ClassVar[tuple[str, ...]] = ("components", "max_iter")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.kmeans_iter < 0 or self.tol < 0 or self.reg_covar < 0:
+            raise ConfigError(
+                f"kmeans_iter, tol and reg_covar must be >= 0 (got {self.kmeans_iter}, {self.tol}, {self.reg_covar})"
+            )
+
+
 class GaussianMixturePrior(Prior):
     """Gaussian mixture (full covariance) fitted to training codes by EM: ex-post density estimation.
 
-    Build it with ``GaussianMixturePrior(latent, components=10)``, then call ``fit`` on the latent codes
+    Build it with ``genkit.get_prior("gmm", latent, components=10)``, then call ``fit`` on the latent codes
     of the training set (``genkit.priors.fit_prior(model, "gmm", images)`` does both and installs it).
     EM starts from a seeded k-means++ initialisation refined by a few Lloyd steps, runs in float64 on the
     codes' device, and adds ``reg_covar`` times the average code variance to every covariance's diagonal.
@@ -28,32 +48,24 @@ class GaussianMixturePrior(Prior):
     ``kl`` is the base class's one-draw Monte Carlo estimate.
     """
 
-    def __init__(
-        self,
-        latent: int,
-        components: int = 10,
-        *,
-        max_iter: int = 200,
-        tol: float = 1e-5,
-        reg_covar: float = 1e-6,
-        kmeans_iter: int = 10,
-        seed: int = 0,
-    ) -> None:
-        if not isinstance(latent, int) or isinstance(latent, bool) or latent < 1:
-            raise ConfigError(f"gmm prior: latent must be a positive integer, got {latent!r}")
-        if not isinstance(components, int) or isinstance(components, bool) or components < 1:
-            raise ConfigError(f"gmm prior: components must be a positive integer, got {components!r}")
-        if max_iter < 1 or kmeans_iter < 0:
-            raise ConfigError(f"gmm prior: max_iter must be >= 1 and kmeans_iter >= 0 (got {max_iter}, {kmeans_iter})")
-        if not (tol >= 0 and reg_covar >= 0):
-            raise ConfigError(f"gmm prior: tol and reg_covar must be >= 0 (got {tol}, {reg_covar})")
-        super().__init__(latent)
+    config_class = GMMConfig
+    fitted_after_training = True
+
+    def __init__(self, config: GMMConfig | int | None = None, dims: ModelConfig | None = None, **options: Any) -> None:
+        if isinstance(config, int) and not isinstance(config, bool):  # GaussianMixturePrior(latent, components=K)
+            if config < 1:
+                raise ConfigError(f"gmm prior: latent must be a positive integer, got {config!r}")
+            config, dims = None, ModelConfig(latent=config)
+        if config is None:
+            config = GMMConfig.from_dict(options, owner="prior gmm")
+        super().__init__(config, dims)
+        latent, components = self.latent, config.components
         self.components = components
-        self.max_iter = max_iter
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.kmeans_iter = kmeans_iter
-        self.seed = seed
+        self.max_iter = config.max_iter
+        self.tol = config.tol
+        self.reg_covar = config.reg_covar
+        self.kmeans_iter = config.kmeans_iter
+        self.seed = config.seed
         #: After ``fit``: iterations run, whether EM converged, and the final mean log-likelihood per code.
         self.fit_info: dict[str, Any] = {}
         self.register_buffer("weights", torch.full((components,), 1.0 / components))

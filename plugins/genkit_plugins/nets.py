@@ -1,42 +1,79 @@
-"""The convolutional encoder and decoder shared by the built-in models."""
+"""Built-in encoders and decoders (``conv`` and ``mlp`` in the ``genkit.encoders``/``genkit.decoders`` groups)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
-from genkit import ConfigError, Decoder, Encoder, ModelConfig, Posterior, option
+from genkit import Config, ConfigError, Decoder, Encoder, ModelConfig, Posterior, option
+
+HEADS = ("gaussian", "deterministic")
 
 
 @dataclass
-class ConvConfig(ModelConfig):
-    """Two stride-2 convolutions, a fully connected layer, and the mirror image for the decoder."""
+class ConvNetConfig(Config):
+    """Two stride-2 convolutions and a fully connected layer (the decoder mirrors them)."""
 
     channels: int = option(32, "channels of the first convolution (the second has twice as many)")
     hidden: int = option(256, "width of the fully connected layer between convolutions and latent")
     blocks: int = option(0, "extra 3x3 convolutions after each resolution change (a deeper network)")
 
-    positive = (*ModelConfig.positive, "channels", "hidden")
+    positive: ClassVar[tuple[str, ...]] = ("channels", "hidden")
 
     def validate(self) -> None:
         super().validate()
         if self.blocks < 0:
             raise ConfigError(f"blocks must be 0 or more, got {self.blocks}")
-        if self.image_size % 4:
-            raise ConfigError(f"image_size must be a multiple of 4 for the conv models, got {self.image_size}")
+
+
+@dataclass
+class ConvEncoderConfig(ConvNetConfig):
+    head: str = option("gaussian", "gaussian: a posterior mean and log-variance; deterministic: a point code", HEADS)
+
+
+@dataclass
+class MLPNetConfig(Config):
+    """Fully connected layers of one width."""
+
+    hidden: int = option(512, "width of each hidden layer")
+    layers: int = option(2, "hidden layers")
+
+    positive: ClassVar[tuple[str, ...]] = ("hidden", "layers")
+
+
+@dataclass
+class MLPEncoderConfig(MLPNetConfig):
+    head: str = option("gaussian", "gaussian: a posterior mean and log-variance; deterministic: a point code", HEADS)
+
+
+def _side(dims: ModelConfig) -> int:
+    if dims.image_size % 4:
+        raise ConfigError(f"image_size must be a multiple of 4 for the conv encoder and decoder, got {dims.image_size}")
+    return dims.image_size // 4
+
+
+def _posterior(out: Tensor, gaussian: bool) -> Posterior:
+    if not gaussian:
+        return Posterior(out)
+    mean, logvar = out.chunk(2, dim=1)
+    return Posterior(mean, logvar)
 
 
 class ConvEncoder(Encoder):
-    """x -> conv(c) -> conv(2c) -> fc(hidden) -> mean (and log-variance when ``gaussian``)."""
+    """x -> conv(c) -> conv(2c) -> fc(hidden) -> mean (and log-variance with the gaussian head)."""
 
-    def __init__(self, config: ConvConfig, gaussian: bool) -> None:
-        super().__init__()
-        c, side = config.channels, config.image_size // 4
-        self.gaussian = gaussian
+    config_class = ConvEncoderConfig
+
+    def __init__(self, config: ConvEncoderConfig, dims: ModelConfig) -> None:
+        super().__init__(config, dims)
+        c, side = config.channels, _side(dims)
+        self.gaussian = config.head == "gaussian"
         self.body = nn.Sequential(
-            nn.Conv2d(config.image_channels, c, 4, 2, 1),
+            nn.Conv2d(dims.image_channels, c, 4, 2, 1),
             nn.ReLU(),
             *_refine(c, config.blocks),
             nn.Conv2d(c, 2 * c, 4, 2, 1),
@@ -46,24 +83,22 @@ class ConvEncoder(Encoder):
             nn.Linear(2 * c * side * side, config.hidden),
             nn.ReLU(),
         )
-        self.head = nn.Linear(config.hidden, config.latent * (2 if gaussian else 1))
+        self.head = nn.Linear(config.hidden, dims.latent * (2 if self.gaussian else 1))
 
     def forward(self, x: Tensor) -> Posterior:
-        out = self.head(self.body(x))
-        if not self.gaussian:
-            return Posterior(out)
-        mean, logvar = out.chunk(2, dim=1)
-        return Posterior(mean, logvar)
+        return _posterior(self.head(self.body(x)), self.gaussian)
 
 
 class ConvDecoder(Decoder):
     """z -> fc(hidden) -> fc -> transposed conv(c) -> transposed conv(image channels) logits."""
 
-    def __init__(self, config: ConvConfig) -> None:
-        super().__init__()
-        c, side = config.channels, config.image_size // 4
+    config_class = ConvNetConfig
+
+    def __init__(self, config: ConvNetConfig, dims: ModelConfig) -> None:
+        super().__init__(config, dims)
+        c, side = config.channels, _side(dims)
         self.body = nn.Sequential(
-            nn.Linear(config.latent, config.hidden),
+            nn.Linear(dims.latent, config.hidden),
             nn.ReLU(),
             nn.Linear(config.hidden, 2 * c * side * side),
             nn.ReLU(),
@@ -72,7 +107,7 @@ class ConvDecoder(Decoder):
             nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
             nn.ReLU(),
             *_refine(c, config.blocks),
-            nn.ConvTranspose2d(c, config.image_channels, 4, 2, 1),
+            nn.ConvTranspose2d(c, dims.image_channels, 4, 2, 1),
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -85,3 +120,44 @@ def _refine(channels: int, blocks: int) -> list[nn.Module]:
     for _ in range(blocks):
         layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
     return layers
+
+
+def _mlp(width_in: int, hidden: int, layers: int) -> list[nn.Module]:
+    out: list[nn.Module] = []
+    for i in range(layers):
+        out += [nn.Linear(width_in if i == 0 else hidden, hidden), nn.ReLU()]
+    return out
+
+
+class MLPEncoder(Encoder):
+    """x -> flatten -> fully connected layers -> mean (and log-variance)."""
+
+    config_class = MLPEncoderConfig
+
+    def __init__(self, config: MLPEncoderConfig, dims: ModelConfig) -> None:
+        super().__init__(config, dims)
+        self.gaussian = config.head == "gaussian"
+        pixels = dims.image_channels * dims.image_size**2
+        self.body = nn.Sequential(nn.Flatten(), *_mlp(pixels, config.hidden, config.layers))
+        self.head = nn.Linear(config.hidden, dims.latent * (2 if self.gaussian else 1))
+
+    def forward(self, x: Tensor) -> Posterior:
+        return _posterior(self.head(self.body(x)), self.gaussian)
+
+
+class MLPDecoder(Decoder):
+    """z -> fully connected layers -> logits shaped like the images."""
+
+    config_class = MLPNetConfig
+
+    def __init__(self, config: MLPNetConfig, dims: ModelConfig) -> None:
+        super().__init__(config, dims)
+        shape = (dims.image_channels, dims.image_size, dims.image_size)
+        self.body = nn.Sequential(
+            *_mlp(dims.latent, config.hidden, config.layers),
+            nn.Linear(config.hidden, math.prod(shape)),
+            nn.Unflatten(1, shape),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(z)
