@@ -31,29 +31,42 @@ TRAIN_FLAGS = {
     "lr_schedule": "--lr-schedule",
     "lr_warmup": "--lr-warmup",
     "seed": "--seed",
-    "noise": "--noise",
-    "kl_warmup": "--kl-warmup",
     "device": "--device",
 }
 
 
 def command_of(config: dict[str, Any]) -> str:
     """The ``genkit run`` command line that reproduces a run, rebuilt from its ``config.json``."""
-    from genkit import get_model_class
+    from genkit import get_model
+    from genkit.checkpoint import build_model_from_config, model_parts, upgrade_config
     from genkit.train import TrainConfig
 
+    config = upgrade_config(config)
     words = ["genkit", "run", config["model"]]
-    defaults = get_model_class(config["model"]).config_class().to_dict()
+    default = get_model(config["model"], check=False)
+    run = model_parts(build_model_from_config(config, Path("config.json"), check=False))
     for key, value in config["model_config"].items():
-        if value == defaults.get(key) and key != "latent":  # --latent is always spelled out, as the README does
+        if key not in default.config.to_dict():  # a format-1 config's part options: the parts below give them
             continue
-        words += [f"--{key}", str(value)] if key in ("latent", "beta") else ["--set", f"{key}={json.dumps(value)}"]
+        if value == default.config.to_dict()[key] and key != "latent":  # --latent always, as the README does
+            continue
+        words += [f"--{key}", str(value)] if key == "latent" else ["--set", f"{key}={json.dumps(value)}"]
+    for kind, part in run.items():
+        own = model_parts(default)[kind]
+        if part["name"] != own["name"]:
+            words += [f"--{kind}", part["name"]]
+            own = {"options": get_model(config["model"], check=False, **{kind: part["name"]}).part(kind).config.to_dict()}
+        for key, value in part["options"].items():
+            if value != own["options"].get(key):
+                words += ["--set", f"{kind}.{key}={value if isinstance(value, str) else json.dumps(value)}"]
     train_defaults = TrainConfig().to_dict()
     for key, flag in TRAIN_FLAGS.items():
         if key in config["train"] and config["train"][key] != train_defaults[key]:
             value = config["train"][key]
             words += [flag, str(value)]
     data = config.get("data") or {}
+    if data.get("noise"):
+        words += ["--noise", data["noise"]]
     if data.get("dataset", "mnist") != "mnist":
         words += ["--dataset", data["dataset"]]
     if data.get("limit"):

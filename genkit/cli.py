@@ -217,17 +217,16 @@ def run(
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--prior",
-    default="normal",
-    show_default=True,
-    help="Prior to sample from; e.g. gmm is fitted to the training codes.",
+    help="Prior to sample from, fitted to the training codes (e.g. gmm) [default: the run's own prior].",
 )
 @click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit a prior).")
-def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str, data_dir: str | None) -> None:
+def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str | None, data_dir: str | None) -> None:
     """Draw samples from a trained run's prior into a PNG grid."""
     model = load_model(run_dir)
-    if prior != "normal":
+    if prior is not None and prior != model.prior.name:
         click.echo(f"{prior} prior: {fitted_prior(run_dir, model, prior, data_dir)}")
-    path = Path(output or Path(run_dir) / f"samples-{prior}-{count}.png")
+    name = prior or model.prior.name or "prior"
+    path = Path(output or Path(run_dir) / f"samples-{name}-{count}.png")
     _check_image_suffix(path)
     report.save_samples(model, path, n=count, seed=seed)
     click.echo(f"wrote {count} samples to {path}")

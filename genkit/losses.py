@@ -104,5 +104,6 @@ class ELBOLoss(Loss):
         z = posterior.sample(batch.generator)
         reconstruction = reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)
         kl = c.beta * model.prior.kl(posterior, z).float().mean()
-        total = reconstruction + ramp(batch.progress, c.kl_warmup) * kl
+        weight = ramp(batch.progress, c.kl_warmup)
+        total = reconstruction + weight * kl if weight != 1 else None  # None: the plain sum of the terms
         return LossOutput({"reconstruction": reconstruction, "kl": kl}, total)

@@ -210,7 +210,7 @@ def require_density(part: Part, model: Model, why: str) -> None:
     """Raise ``ConfigError`` unless ``model``'s encoder gives a posterior with a density (``why`` says what for)."""
     if not model.posterior_has_density():
         raise ConfigError(
-            f"{part.label()} cannot work with {model.encoder.label()}: {why} needs a posterior distribution, "
+            f"{part.label()} cannot work with {model.encoder.label()}: {why} needs a posterior density, "
             "but this encoder gives a point code; choose a Gaussian encoder (--set encoder.head=gaussian) "
             "or another " + part.kind
         )

@@ -1,21 +1,31 @@
-"""Conformance checks any model plugin can run: subclass ``ModelConformance`` in your tests.
+"""Conformance checks any plugin can run: subclass ``ModelConformance`` for a whole model, or
+``EncoderConformance``, ``DecoderConformance``, ``PriorConformance`` or ``LossConformance`` for one part.
 
-    from genkit.testing import ModelConformance
+    from genkit.testing import ModelConformance, PriorConformance
 
     class TestMyModel(ModelConformance):
         model_name = "my-model"
 
-Each ``check_*`` function is also usable on its own, e.g. parametrised over ``genkit.list_models``.
+    class TestMyPrior(PriorConformance):
+        part_name = "my-prior"
+        options: ClassVar[dict] = {"components": 4}
+
+Each ``check_*`` function is also usable on its own, e.g. parametrised over ``genkit.list_models`` or
+``genkit.registry.priors.names()``; the part checks take the part's registry name and options.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import torch
 
+from genkit.config import ModelConfig
+from genkit.errors import ConfigError
 from genkit.model import Model
-from genkit.registry import get_model
+from genkit.parts import LossOutput, Posterior, Prior
+from genkit.registry import build_part, get_model
 
 
 def _batch(model: Model, n: int = 4) -> torch.Tensor:
@@ -64,10 +74,16 @@ def check_sample_shape(model: Model) -> None:
 
 
 def check_config_round_trip(model: Model) -> None:
-    """config -> dict -> config gives the same config, and rebuilding gives same-shaped parameters."""
+    """The run config (as written to config.json) rebuilds the same composition with same-shaped parameters."""
+    import json
+    from pathlib import Path
+
+    from genkit.checkpoint import build_model_from_config, model_parts, run_config
+
     config = type(model.config).from_dict(model.config.to_dict())
     assert config == model.config, "config round trip changed the config"
-    rebuilt = type(model)(config)
+    rebuilt = build_model_from_config(json.loads(json.dumps(run_config(model))), Path("config.json"), check=False)
+    assert model_parts(rebuilt) == model_parts(model), "rebuilt model has other parts or part options"
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}, "rebuilt model differs"
 
@@ -101,3 +117,348 @@ class ModelConformance:
 
     def test_config_round_trip(self) -> None:
         check_config_round_trip(self.build())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Part conformance: each check takes a part's registry name and options.
+
+#: latent size of the parts and models the part checks build
+LATENT = 6
+#: image shapes tried, in order, as the second shape encoders and decoders must support (besides 28x28x1)
+OTHER_DIMS = (
+    ModelConfig(latent=LATENT, image_size=32, image_channels=3),
+    ModelConfig(latent=LATENT, image_size=16),
+    ModelConfig(latent=LATENT, image_size=64),
+)
+#: small conv nets for the models that prior and loss checks compose (tests stay fast)
+SMALL_NETS = {
+    "latent": LATENT,
+    "encoder.channels": 8,
+    "encoder.hidden": 32,
+    "decoder.channels": 8,
+    "decoder.hidden": 32,
+}
+#: presets tried, in order, to compose a model around a prior or a loss
+HOST_MODELS = ("vae-conv", "ae")
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(dims: ModelConfig, n: int = 4) -> torch.Tensor:
+    return torch.rand(n, dims.image_channels, dims.image_size, dims.image_size, generator=_seeded(0))
+
+
+def _build(kind: str, name: str, options: dict[str, Any] | None, dims: ModelConfig) -> Any:
+    torch.manual_seed(0)
+    return build_part(kind, name, dict(options or {}), dims)
+
+
+def _two_dims(kind: str, name: str, options: dict[str, Any] | None) -> list[ModelConfig]:
+    """28x28 grayscale and the first of ``OTHER_DIMS`` the part builds for."""
+    for dims in OTHER_DIMS:
+        try:
+            build_part(kind, name, dict(options or {}), dims)
+        except ConfigError:
+            continue
+        return [ModelConfig(latent=LATENT), dims]
+    raise AssertionError(f"{kind} {name} builds for none of the image shapes {OTHER_DIMS}")
+
+
+def _host_model(kind: str, name: str, options: dict[str, Any] | None) -> Model:
+    """A small model of the first of ``HOST_MODELS`` that accepts the part (its ConfigError if none does)."""
+    error: ConfigError | None = None
+    for preset in HOST_MODELS:
+        try:
+            torch.manual_seed(0)
+            model = get_model(
+                preset, **{kind: name}, **SMALL_NETS, **{f"{kind}.{k}": v for k, v in (options or {}).items()}
+            )
+        except ConfigError as exc:
+            error = exc
+            continue
+        return model.train()
+    assert error is not None
+    raise error
+
+
+def _assert_gradients(module: torch.nn.Module, what: str, every: bool = True) -> None:
+    """Every trainable parameter has a finite gradient (non-zero somewhere: in each one with ``every``)."""
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    for n, p in params:
+        assert p.grad is not None, f"no gradient reaches {what} parameter {n}"
+        assert torch.isfinite(p.grad).all(), f"non-finite gradient in {what} parameter {n}"
+        assert not every or p.grad.abs().sum() > 0, f"zero gradient in {what} parameter {n}"
+    assert not params or any(p.grad.abs().sum() > 0 for _, p in params), f"all gradients of {what} are zero"
+
+
+def check_options_round_trip(kind: str, name: str, options: dict[str, Any] | None = None) -> None:
+    """The part keeps its options; its config survives to_dict -> JSON -> from_dict and rebuilds the same part."""
+    part = _build(kind, name, options, ModelConfig(latent=LATENT))
+    assert part.name == name, f"part built as {name!r} is named {part.name!r}"
+    data = json.loads(json.dumps(part.config.to_dict()))
+    for key, value in (options or {}).items():
+        assert data[key] == value, f"option {key}={value!r} became {data[key]!r}"
+    assert type(part.config).from_dict(data) == part.config, "config round trip changed the config"
+    rebuilt = _build(kind, name, data, ModelConfig(latent=LATENT))
+    shapes = {k: v.shape for k, v in part.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}, "rebuilt part has other tensors"
+
+
+# -- encoders ---------------------------------------------------------------------------------------------------
+
+
+def check_encoder_posterior(name: str, options: dict[str, Any] | None = None) -> None:
+    """A ``Posterior`` with finite mean (N, latent) and logvar None or alike, at 28x28x1 and another shape."""
+    for dims in _two_dims("encoder", name, options):
+        posterior = _build("encoder", name, options, dims)(_images(dims))
+        assert isinstance(posterior, Posterior), f"encoder returned a {type(posterior).__name__}, not a Posterior"
+        assert posterior.mean.shape == (4, dims.latent), f"mean shape {tuple(posterior.mean.shape)} for {dims}"
+        assert torch.isfinite(posterior.mean).all(), "non-finite posterior mean"
+        if posterior.logvar is not None:
+            assert posterior.logvar.shape == posterior.mean.shape, "logvar and mean shapes differ"
+            assert torch.isfinite(posterior.logvar).all(), "non-finite posterior logvar"
+
+
+def check_encoder_sampling(name: str, options: dict[str, Any] | None = None) -> None:
+    """Posterior draws have the latent's shape and repeat for a seed; log_prob is (k, N) and finite if defined."""
+    dims = ModelConfig(latent=LATENT)
+    posterior = _build("encoder", name, options, dims)(_images(dims))
+    z = posterior.sample(_seeded(1))
+    assert z.shape == (4, LATENT), f"sample shape {tuple(z.shape)}"
+    assert torch.equal(z, posterior.sample(_seeded(1))), "the same seed gave other draws"
+    zs = posterior.sample_n(3, _seeded(1))
+    assert zs.shape == (3, 4, LATENT), f"sample_n(3) shape {tuple(zs.shape)}"
+    if posterior.has_density:
+        log_q = posterior.log_prob(zs)
+        assert log_q.shape == (3, 4), f"log_prob shape {tuple(log_q.shape)}, expected (3, 4)"
+        assert torch.isfinite(log_q).all(), "non-finite posterior log_prob"
+
+
+def check_encoder_gradients(name: str, options: dict[str, Any] | None = None) -> None:
+    """Gradients of the posterior (mean and logvar) reach every encoder parameter."""
+    dims = ModelConfig(latent=LATENT)
+    encoder = _build("encoder", name, options, dims)
+    posterior = encoder(_images(dims))
+    out = (posterior.mean * torch.randn(posterior.mean.shape, generator=_seeded(2))).sum()
+    if posterior.logvar is not None:
+        out = out + (posterior.logvar * torch.randn(posterior.logvar.shape, generator=_seeded(3))).sum()
+    out.backward()
+    _assert_gradients(encoder, f"encoder {name}")
+
+
+# -- decoders ---------------------------------------------------------------------------------------------------
+
+
+def check_decoder_shapes(name: str, options: dict[str, Any] | None = None) -> None:
+    """Finite logits (N, C, H, W) at 28x28x1 and another image shape."""
+    for dims in _two_dims("decoder", name, options):
+        logits = _build("decoder", name, options, dims)(torch.randn(3, dims.latent, generator=_seeded(1)))
+        want = (3, dims.image_channels, dims.image_size, dims.image_size)
+        assert isinstance(logits, torch.Tensor), f"decoder returned a {type(logits).__name__}, not a Tensor"
+        assert logits.shape == want, f"logits shape {tuple(logits.shape)}, expected {want}"
+        assert torch.isfinite(logits).all(), "non-finite logits"
+
+
+def check_decoder_gradients(name: str, options: dict[str, Any] | None = None) -> None:
+    """Gradients of the logits reach every decoder parameter and the latent codes."""
+    decoder = _build("decoder", name, options, ModelConfig(latent=LATENT))
+    z = torch.randn(3, LATENT, generator=_seeded(1)).requires_grad_()
+    logits = decoder(z)
+    (logits * torch.randn(logits.shape, generator=_seeded(2))).sum().backward()
+    _assert_gradients(decoder, f"decoder {name}")
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0, "no gradient reaches z"
+
+
+# -- priors -----------------------------------------------------------------------------------------------------
+
+
+def _codes(n: int = 200) -> torch.Tensor:
+    """Synthetic latent codes in two clusters, to fit ex-post priors on."""
+    g = _seeded(4)
+    return torch.cat([torch.randn(n // 2, LATENT, generator=g) - 2, 0.5 * torch.randn(n - n // 2, LATENT, generator=g)])
+
+
+def _ready_prior(name: str, options: dict[str, Any] | None) -> tuple[Prior, Model | None]:
+    """The prior, fitted on ``_codes`` if it is ex-post, inside a model if it needs one for ``log_prob``."""
+    prior, model = _build("prior", name, options, ModelConfig(latent=LATENT)), None
+    if prior.fitted_after_training:
+        prior.fit(_codes())
+    try:
+        prior.log_prob(torch.zeros(2, LATENT))
+    except ConfigError:  # e.g. the vamp prior encodes its pseudo-inputs with the model's encoder
+        model = _host_model("prior", name, options)
+        prior = model.prior
+        if prior.fitted_after_training:
+            prior.fit(_codes())
+    return prior, model
+
+
+def check_prior_sample(name: str, options: dict[str, Any] | None = None) -> None:
+    """``sample(n, generator)`` is (n, latent), finite, repeats for a seed and differs between seeds."""
+    prior, _model = _ready_prior(name, options)
+    z = prior.sample(5, _seeded(1))
+    assert z.shape == (5, LATENT), f"sample shape {tuple(z.shape)}, expected (5, {LATENT})"
+    assert torch.isfinite(z).all(), "non-finite samples"
+    assert torch.equal(z, prior.sample(5, _seeded(1))), "the same seed gave other samples"
+    assert not torch.equal(z, prior.sample(5, _seeded(2))), "other seeds gave the same samples"
+
+
+def check_prior_log_prob(name: str, options: dict[str, Any] | None = None) -> None:
+    """log_prob of its own samples is (n,), finite and differentiable in z; kl of a posterior is (N,) and finite.
+
+    An ex-post prior also scores the codes it was fitted on above the same codes shifted away.
+    """
+    prior, _model = _ready_prior(name, options)
+    z = prior.sample(7, _seeded(1)).detach().requires_grad_()
+    log_p = prior.log_prob(z)
+    assert log_p.shape == (7,), f"log_prob shape {tuple(log_p.shape)}, expected (7,)"
+    assert torch.isfinite(log_p).all(), "non-finite log_prob of the prior's own samples"
+    log_p.sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all(), "log_prob has no finite gradient in z"
+    g = _seeded(2)
+    posterior = Posterior(torch.randn(4, LATENT, generator=g), 0.3 * torch.randn(4, LATENT, generator=g))
+    kl = prior.kl(posterior, posterior.sample(g))
+    assert kl.shape == (4,) and torch.isfinite(kl).all(), f"kl gave {kl}, expected 4 finite values"
+    if prior.fitted_after_training:
+        codes = _codes()
+        fitted, away = prior.log_prob(codes).mean(), prior.log_prob(codes + 10).mean()
+        assert fitted > away, f"fitted codes score {fitted:.2f}, no more than far-away codes ({away:.2f})"
+
+
+def check_prior_gradients(name: str, options: dict[str, Any] | None = None) -> None:
+    """The prior's trainable parameters (if any) get gradients through ``log_prob``."""
+    prior, _model = _ready_prior(name, options)
+    log_p = prior.log_prob(torch.randn(7, LATENT, generator=_seeded(1)))
+    if any(p.requires_grad for p in prior.parameters()):
+        assert log_p.requires_grad, f"no gradient reaches prior {name}: log_prob ignores its parameters"
+        log_p.sum().backward()
+        _assert_gradients(prior, f"prior {name}")
+
+
+def check_prior_state_round_trip(name: str, options: dict[str, Any] | None = None) -> None:
+    """The prior's state dict loads into a fresh prior of the same options, which then scores codes alike."""
+    prior, model = _ready_prior(name, options)
+    fresh = build_part("prior", name, dict(options or {}), prior.dims)
+    if model is not None:
+        fresh.attach(model)
+    fresh.load_state_dict(prior.state_dict())
+    z = torch.randn(7, LATENT, generator=_seeded(1))
+    torch.testing.assert_close(fresh.log_prob(z), prior.log_prob(z), msg="reloaded prior scores differently")
+
+
+# -- losses -----------------------------------------------------------------------------------------------------
+
+
+def _loss_model(name: str, options: dict[str, Any] | None) -> tuple[Model, torch.Tensor]:
+    model = _host_model("loss", name, options)
+    return model, _images(model.config)
+
+
+def check_loss_output(name: str, options: dict[str, Any] | None = None) -> None:
+    """A ``LossOutput`` of finite scalar terms whose total is their sum (outside training); finite at progress 0."""
+    model, x = _loss_model(name, options)
+    out = model.loss(x, generator=_seeded(1))
+    assert isinstance(out, LossOutput), f"loss returned a {type(out).__name__}, not a LossOutput"
+    assert out.terms, "the loss returned no terms"
+    for term, value in out.terms.items():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0, f"loss term {term!r} is not a scalar tensor"
+        assert torch.isfinite(value), f"loss term {term!r} is not finite"
+    assert out.total.dim() == 0 and torch.isfinite(out.total), "the total is not a finite scalar"
+    torch.testing.assert_close(out.total, sum(out.terms.values()), msg="total != sum of terms with progress None")
+    assert torch.isfinite(model.loss(x, generator=_seeded(1), progress=0.0).total), "non-finite total at progress 0"
+
+
+def check_loss_seeded(name: str, options: dict[str, Any] | None = None) -> None:
+    """The same generator seed gives identical terms: the loss draws only from ``batch.generator``."""
+    model, x = _loss_model(name, options)
+    first, second = (model.loss(x, generator=_seeded(1)).terms for _ in range(2))
+    assert first.keys() == second.keys(), "the terms differ between calls"
+    for term in first:
+        assert torch.equal(first[term], second[term]), f"term {term!r} differs for the same seed"
+
+
+def check_loss_gradients(name: str, options: dict[str, Any] | None = None) -> None:
+    """Gradients of the total reach the encoder and the decoder, finite."""
+    model, x = _loss_model(name, options)
+    model.loss(x, generator=_seeded(1)).total.backward()
+    _assert_gradients(model.encoder, f"encoder {model.encoder.name} under loss {name}", every=False)
+    _assert_gradients(model.decoder, f"decoder {model.decoder.name} under loss {name}", every=False)
+
+
+ENCODER_CHECKS = (check_encoder_posterior, check_encoder_sampling, check_encoder_gradients)
+DECODER_CHECKS = (check_decoder_shapes, check_decoder_gradients)
+PRIOR_CHECKS = (check_prior_sample, check_prior_log_prob, check_prior_gradients, check_prior_state_round_trip)
+LOSS_CHECKS = (check_loss_output, check_loss_seeded, check_loss_gradients)
+
+
+class _PartConformance:
+    """The checks of one part kind; subclasses set ``kind`` and add the kind's tests."""
+
+    kind: ClassVar[str] = ""
+    part_name: str = ""
+    options: ClassVar[dict[str, Any]] = {}
+
+    def test_options_round_trip(self) -> None:
+        check_options_round_trip(self.kind, self.part_name, self.options)
+
+
+class EncoderConformance(_PartConformance):
+    """Inherit in a pytest module and set ``part_name`` (and ``options``) to check a registered encoder."""
+
+    kind = "encoder"
+
+    def test_posterior(self) -> None:
+        check_encoder_posterior(self.part_name, self.options)
+
+    def test_sampling(self) -> None:
+        check_encoder_sampling(self.part_name, self.options)
+
+    def test_gradients(self) -> None:
+        check_encoder_gradients(self.part_name, self.options)
+
+
+class DecoderConformance(_PartConformance):
+    """Inherit in a pytest module and set ``part_name`` (and ``options``) to check a registered decoder."""
+
+    kind = "decoder"
+
+    def test_shapes(self) -> None:
+        check_decoder_shapes(self.part_name, self.options)
+
+    def test_gradients(self) -> None:
+        check_decoder_gradients(self.part_name, self.options)
+
+
+class PriorConformance(_PartConformance):
+    """Inherit in a pytest module and set ``part_name`` (and ``options``) to check a registered prior."""
+
+    kind = "prior"
+
+    def test_sample(self) -> None:
+        check_prior_sample(self.part_name, self.options)
+
+    def test_log_prob(self) -> None:
+        check_prior_log_prob(self.part_name, self.options)
+
+    def test_gradients(self) -> None:
+        check_prior_gradients(self.part_name, self.options)
+
+    def test_state_round_trip(self) -> None:
+        check_prior_state_round_trip(self.part_name, self.options)
+
+
+class LossConformance(_PartConformance):
+    """Inherit in a pytest module and set ``part_name`` (and ``options``) to check a registered loss."""
+
+    kind = "loss"
+
+    def test_output(self) -> None:
+        check_loss_output(self.part_name, self.options)
+
+    def test_seeded(self) -> None:
+        check_loss_seeded(self.part_name, self.options)
+
+    def test_gradients(self) -> None:
+        check_loss_gradients(self.part_name, self.options)

@@ -140,8 +140,8 @@ class Trainer:
             raise ConfigError(f"batch size {self.config.batch_size} must be divisible by the {self.world} processes")
         # Channels-last weights are opt-in: the conv models train 2-12% faster on a 2-core CPU, but a user's net
         # that calls .view() after a convolution breaks under the changed layout.
-        layout = torch.channels_last if self.config.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=layout)
+        self.layout = torch.channels_last if self.config.channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=self.layout)
         self.callbacks = list(callbacks or [])
         self.optimizer = self._make_optimizer()
         self.noise = noise
@@ -168,7 +168,7 @@ class Trainer:
         if owned != {id(p) for p in self.model.parameters()}:
             if self.epoch or self.optimizer.state:
                 raise ConfigError("the model's parameters changed after training started; build a new Trainer")
-            self.model.to(self.device)
+            self.model.to(self.device, memory_format=self.layout)
             self.optimizer = self._make_optimizer()
 
     # -- state for checkpoints ------------------------------------------------------------------

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_distribution(site: Path, dist: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> Path:
-    """Write a minimal installed distribution (modules + .dist-info with entry points) into ``site``."""
+    """Write a minimal installed distribution (modules + .dist-info with entry points) into ``site``, beside the
+    module ``conv_base`` (``CONV_BASE``) that fake model plugins may subclass."""
     site.mkdir(parents=True, exist_ok=True)
+    (site / "conv_base.py").write_text(textwrap.dedent(CONV_BASE))
     for module, source in modules.items():
         (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
@@ -31,6 +33,41 @@ def write_distribution(site: Path, dist: str, entry_points: dict[str, dict[str, 
     return site
 
 
+#: A whole-model plugin built from genkit's registered conv parts, for fake plugin distributions to subclass
+#: (write it as the module ``conv_base`` beside them).
+CONV_BASE = """
+    import dataclasses
+
+    import genkit
+
+    @dataclasses.dataclass
+    class ConvConfig(genkit.ModelConfig):
+        channels: int = genkit.option(32, "channels of the first convolution")
+        hidden: int = genkit.option(256, "width of the fully connected layer")
+
+    class ConvVAE(genkit.Model):
+        '''The conv VAE as a whole-model plugin.'''
+
+        config_class = ConvConfig
+        head = "gaussian"
+
+        def __init__(self, config):
+            nets = {"channels": config.channels, "hidden": config.hidden}
+            super().__init__(
+                config,
+                encoder=genkit.get_encoder("conv", config, head=self.head, **nets),
+                decoder=genkit.get_decoder("conv", config, **nets),
+                prior=genkit.get_prior("normal", dims=config),
+                loss=genkit.get_loss("elbo" if self.head == "gaussian" else "reconstruction"),
+            )
+
+    class ConvAutoencoder(ConvVAE):
+        '''The conv autoencoder as a whole-model plugin.'''
+
+        head = "deterministic"
+"""
+
+
 @pytest.fixture
 def plugin_site(tmp_path, monkeypatch):
     """A folder on sys.path for fake plugin distributions; registries are refreshed around the test."""
@@ -38,10 +75,10 @@ def plugin_site(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    for reg in (registry.models, registry.priors, registry.losses, registry.noise):
+    for reg in (registry.models, *registry.PARTS.values(), registry.noise):
         reg.refresh()
     yield site
-    for reg in (registry.models, registry.priors, registry.losses, registry.noise):
+    for reg in (registry.models, *registry.PARTS.values(), registry.noise):
         reg.refresh()
     for name in list(sys.modules):
         if name.startswith("fake_"):

@@ -53,8 +53,8 @@ RUN_VALUES = {
     "kl-warmup-negative": (["--kl-warmup", "-1"], "Invalid value for '--kl-warmup': -1 is not in the range x>=0."),
     "lr-warmup-negative": (["--lr-warmup", "-2"], "Invalid value for '--lr-warmup': -2 is not in the range x>=0."),
     "lr-zero": (["--lr", "0"], "Invalid value for '--lr': 0.0 is not in the range x>0."),
-    "lr-nan": (["--lr", "nan"], "lr must be a positive number, got nan"),
-    "lr-inf": (["--lr", "inf"], "lr must be a positive number, got inf"),
+    "lr-nan": (["--lr", "nan"], "lr must be finite, got nan"),
+    "lr-inf": (["--lr", "inf"], "lr must be finite, got inf"),
     "latent-text": (["--latent", "ten"], "Invalid value for '--latent': 'ten' is not a valid integer"),
     "seed-huge": (["--seed", str(2**70)], "seed must be an integer between -2**40 and 2**40"),
     "seed-text": (["--seed", "abc"], "Invalid value for '--seed': 'abc' is not a valid integer."),
@@ -71,11 +71,11 @@ RUN_VALUES = {
     "set-zero": (["--set", "channels=0"], "channels must be positive, got 0"),
     "set-text": (["--set", "channels=abc"], "channels must be an integer, got 'abc'"),
     "set-inf": (["--set", "hidden=1e400"], "hidden must be an integer, got inf"),
-    "set-huge": (["--set", f"hidden={10**20}"], "genkit[ae]: failed to build: TypeError"),
-    "set-size": (["--set", "image_size=30"], "image_size must be a multiple of 4 for the conv models, got 30"),
-    "set-unknown": (["--set", "bogus=1"], "unknown option(s) for AEConfig: bogus (known: blocks, channels, hidden"),
+    "set-huge": (["--set", f"hidden={10**20}"], "genkit[conv]: failed to build: TypeError"),
+    "set-size": (["--set", "image_size=30"], "image_size must be a multiple of 4 for the conv encoder and decoder, got 30"),
+    "set-unknown": (["--set", "bogus=1"], "unknown option 'bogus' for model ae with parts conv, conv, normal, reconstruction: see genkit info ae"),
     "set-no-key": (["--set", "=1"], "Invalid value for --set: '=1' is not KEY=VALUE"),
-    "beta-for-ae": (["--beta", "2"], "unknown option(s) for AEConfig: beta"),
+    "beta-for-ae": (["--beta", "2"], "unknown option 'beta' for model ae with parts conv, conv, normal, reconstruction"),
     "unknown-option": (["--bogus"], "No such option '--bogus'."),
     "missing-value": (["--latent"], "Option '--latent' requires an argument."),
     "resume-and-model": (["--resume", "somewhere"], "--resume continues a run as configured"),
@@ -94,7 +94,7 @@ def test_bad_run_value_is_one_line_and_writes_nothing(case, folders, tmp_path, c
 @pytest.mark.parametrize(
     ("model", "args", "message"),
     [
-        ("vae", [], "unknown models plugin 'vae'; did you mean ae, vae-conv, beta-vae?"),
+        ("vae", [], "unknown models plugin 'vae'; did you mean ae, wae, iwae?"),
         ("AE", [], "unknown models plugin 'AE'; did you mean ae?"),
         ("beta-vae", ["--beta", "-1"], "Invalid value for '--beta': -1.0 is not in the range x>=0."),
         ("beta-vae", ["--beta", "nan"], "beta must be finite, got nan"),
@@ -125,8 +125,8 @@ def test_bad_dataset_is_one_line(dataset, message, folders, tmp_path, capsys):
 
 
 def test_a_number_too_large_for_a_float_is_a_config_error():
-    with pytest.raises(ConfigError, match="beta must be finite, got 999"):
-        genkit.get_model_class("beta-vae").config_class(beta=int("9" * 400))
+    with pytest.raises(ConfigError, match="loss elbo: beta must be finite, got 999"):
+        genkit.get_model("beta-vae", beta=int("9" * 400))
 
 
 def test_existing_output_folder_is_refused_and_never_emptied(folders, tmp_path, capsys):

@@ -28,10 +28,10 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     assert set(row["psnr"]) == set(suite.DENOISING)
     for spec, pair in row["psnr"].items():
         assert 0 < pair["noisy"] < 40 and 0 < pair["output"] < 40, spec
-    assert row["fid"]["normal"] > 0 and row["fid"]["gmm"] > 0
+    assert row["fid"]["prior"] > 0 and row["prior"] == "normal" and row["fid"]["gmm"] > 0
     assert saved["fid_protocol"]["samples"] == 48 and saved["fid_protocol"]["weights_sha256"]
     table = out.with_suffix(".md").read_text()
-    assert f"| ae | {row['test_mse']:.4f} | {row['fid']['normal']:.1f} | {row['fid']['gmm']:.1f} |" in table
+    assert f"| ae | {row['test_mse']:.4f} | {row['fid']['prior']:.1f} | {row['fid']['gmm']:.1f} |" in table
 
     # a later run of other rows of the same protocol adds to the file; a row run again replaces its old self
     protocol.entries = [suite.Entry("ae", {"hidden": 32}), suite.Entry("ae")]

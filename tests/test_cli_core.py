@@ -1,6 +1,11 @@
 import subprocess
 import sys
 
+import pytest
+
+import genkit
+from genkit import checkpoint
+
 from genkit.cli import main
 from tests.conftest import write_distribution
 
@@ -30,10 +35,34 @@ def test_list_flags_broken_plugin_in_one_line(capsys, plugin_site):
     assert "vae-conv" in out
 
 
-def test_info_lists_options(capsys):
+def test_info_lists_parts_and_options(capsys):
     code, out, _ = run_cli(capsys, "info", "beta-vae")
     assert code == 0
-    assert "--beta" in out and "default 4.0" in out and "--latent" in out
+    assert "  loss     elbo" in out and "  prior    normal" in out
+    assert "--set loss.beta=4.0" in out and "--set latent=10" in out and "--set encoder.head=gaussian" in out
+
+
+@pytest.mark.parametrize("name", genkit.list_models())
+def test_every_option_info_shows_works_as_written(name, capsys):
+    from genkit.cli import _parse_settings
+
+    code, out, _ = run_cli(capsys, "info", name)
+    settings = [line.split()[1] for line in out.splitlines() if line.startswith("  --set ")]
+    assert len(settings) >= 5
+    default = genkit.get_model(name)
+    for setting in settings:  # each shown value is the model's own, and genkit run takes it as written
+        options = _parse_settings((setting,))
+        model = genkit.get_model(name, **options)
+        assert checkpoint.model_parts(model) == checkpoint.model_parts(default), setting
+
+
+def test_info_of_a_part_kind(capsys):
+    code, out, _ = run_cli(capsys, "info", "--kind", "losses", "iwae")
+    assert code == 0
+    assert out.splitlines()[0].startswith("iwae: Importance-weighted bound")
+    assert "--set loss.k=5" in out and "--loss iwae" in out
+    code, _, err = run_cli(capsys, "info", "--kind", "priors", "vamp-vae")
+    assert code == 2 and "unknown priors plugin 'vamp-vae'" in err
 
 
 def test_unknown_model_is_one_line_exit_2(capsys):

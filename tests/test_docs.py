@@ -33,6 +33,17 @@ DOCS = ROOT / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "images" not in p.relative_to(DOCS).parts)
 #: Put on sys.path while a page runs, so that a page can import the example plugin as an installed user would.
 EXAMPLE_PLUGIN = ROOT / "plugins" / "example-mlp-vae"
+#: The example package of parts (one of every kind, and a preset), whose files the plugin page shows too.
+EXAMPLE_PARTS = ROOT / "plugins" / "example-parts"
+#: The files of the example packages that the plugin page includes whole (and the built page shows).
+PLUGIN_PAGE_FILES = {
+    EXAMPLE_PLUGIN: ["pyproject.toml", "genkit_mlp_vae/__init__.py", "tests/test_conformance.py"],
+    EXAMPLE_PARTS: [
+        "pyproject.toml",
+        *(f"genkit_example_parts/{m}.py" for m in ("linear", "laplace", "elbo_l1", "presets", "cutout")),
+        "tests/test_conformance.py",
+    ],
+}
 #: Subcommands (or options) that are cheap and side-effect free: docs examples using them are run, not just parsed.
 CHEAP = {"list", "info", "--help", "-h", "--version"}
 
@@ -184,7 +195,7 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
     module = types.ModuleType(f"genkit_docs_{page.stem.replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    registries = (registry.models, registry.priors, registry.losses, registry.noise)
+    registries = (registry.models, *registry.PARTS.values(), registry.noise)
     for reg in registries:  # the example plugin's folder may hold packaging metadata: find plugins afresh
         reg.refresh()
     known = {reg.group: set(reg.names()) for reg in registries}
@@ -218,12 +229,10 @@ def test_snippets_and_pictures_exist():
 
 
 def test_plugin_page_includes_the_real_example_files():
-    included = {
-        path.relative_to(EXAMPLE_PLUGIN).as_posix()
-        for block in code_blocks(DOCS / "writing-a-plugin.md")
-        if (path := block.include) is not None
-    }
-    assert included == {"pyproject.toml", "genkit_mlp_vae/__init__.py", "tests/test_conformance.py"}
+    included = {path for block in code_blocks(DOCS / "writing-a-plugin.md") if (path := block.include) is not None}
+    assert included == {package / name for package, names in PLUGIN_PAGE_FILES.items() for name in names}
+    modules = {p for p in (EXAMPLE_PARTS / "genkit_example_parts").glob("*.py") if p.name != "__init__.py"}
+    assert modules <= included, "every module of the parts package is shown on the plugin page"
 
 
 def test_quick_start_commands_are_the_readmes():
@@ -347,7 +356,16 @@ def test_make_pictures_rebuilds_the_command_line(tmp_path):
         "data": {"dataset": "mnist", "limit": 200},
     }
     command = make_pictures.command_of(config)
-    assert command == "genkit run vae-conv --latent 10 --set channels=8 --epochs 1 --noise gaussian:0.5 --limit 200"
+    expected = "genkit run vae-conv --latent 10 --set encoder.channels=8 --set decoder.channels=8 --epochs 1"
+    assert command == expected + " --noise gaussian:0.5 --limit 200"  # a format-1 config.json (genkit 0.1)
+    parse(shlex.split(command)[1:])
+    import genkit
+    from genkit.checkpoint import run_config
+
+    model = genkit.get_model("vae-conv", latent=4, prior="mog", **{"loss.k": 3}, loss="iwae", **{"prior.components": 3})
+    config = {**run_config(model), "train": {"epochs": 2}, "data": {"dataset": "mnist", "noise": None}}
+    command = make_pictures.command_of(config)
+    assert command == "genkit run vae-conv --latent 4 --prior mog --set prior.components=3 --loss iwae --set loss.k=3 --epochs 2"
     parse(shlex.split(command)[1:])
 
 
@@ -468,9 +486,10 @@ def test_site_api_reference_covers_the_public_names(site):
 @pytest.mark.slow
 def test_site_plugin_page_shows_the_real_files(site):
     text = _text(site / "writing-a-plugin" / "index.html")
-    for path in ("pyproject.toml", "genkit_mlp_vae/__init__.py", "tests/test_conformance.py"):
-        for line in (EXAMPLE_PLUGIN / path).read_text().splitlines():
-            assert line.strip() in text, f"{path}: {line!r} is not on the page"
+    for package, names in PLUGIN_PAGE_FILES.items():
+        for name in names:
+            for line in (package / name).read_text().splitlines():
+                assert line.strip() in text, f"{package.name}/{name}: {line!r} is not on the page"
 
 
 @pytest.mark.slow

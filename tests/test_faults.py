@@ -342,7 +342,7 @@ DAMAGE = {
         "config.json",
         tampered_config(lambda c: c["train"].update(epochs=-1)),
         None,
-        "epochs must be a positive integer, got -1",
+        "epochs must be positive, got -1",
     ),
     "config-seed": ("config.json", tampered_config(lambda c: c["train"].update(seed=2**70)), None, "seed must be"),
     "config-device": (
@@ -353,9 +353,9 @@ DAMAGE = {
     ),
     "config-noise": (
         "config.json",
-        tampered_config(lambda c: c["train"].update(noise=5)),
+        tampered_config(lambda c: c["data"].update(noise=5)),
         None,
-        "a noise spec must be",
+        "a noise spec or null",
     ),
     "config-data": ("config.json", tampered_config(lambda c: c.update(data=None)), None, "is damaged: its data"),
 }
@@ -416,8 +416,8 @@ def test_checkpoint_that_would_run_code_is_refused(layout, run_copy, tmp_path, c
 # -- broken plugins ------------------------------------------------------------------------------------------
 
 WRONG_SHAPE = """
+    from conv_base import ConvVAE
     from genkit_plugins.nets import ConvDecoder
-    from genkit_plugins.vae import ConvVAE
 
     class HalfDecoder(ConvDecoder):
         def forward(self, z):
@@ -428,17 +428,17 @@ WRONG_SHAPE = """
 
         def __init__(self, config):
             super().__init__(config)
-            self.decoder = HalfDecoder(config)
+            self.decoder = HalfDecoder(self.decoder.config, config)
 """
 BUILD_FAILS = """
-    from genkit_plugins.vae import ConvVAE
+    from conv_base import ConvVAE
 
     class NeedsGPU(ConvVAE):
         def __init__(self, config):
             raise RuntimeError('no GPU here')
 """
 FORWARD_FAILS = """
-    from genkit_plugins.vae import ConvVAE
+    from conv_base import ConvVAE
 
     class Fragile(ConvVAE):
         def encode(self, x):
@@ -504,10 +504,10 @@ def test_non_finite_pixel_is_skipped_on_the_device_and_reported_at_the_next_sync
     steps = []
     loss = model.loss
 
-    def spy(x, target=None):
+    def spy(x, target=None, **kw):
         if model.training:
             steps.append(bool(torch.isfinite(x).all()))
-        return loss(x, target)
+        return loss(x, target, **kw)
 
     model.loss = spy
     trainer = Trainer(model, TrainConfig(epochs=2, batch_size=8, **QUIET))
@@ -551,15 +551,15 @@ def test_nan_in_the_data_mid_run_keeps_the_last_good_checkpoint(tiny_images, tmp
 
 POISONED = """
     import torch
-    from genkit_plugins.vae import ConvVAE
+    from conv_base import ConvVAE
 
     class PoisonedGradient(ConvVAE):
         '''A VAE whose loss stays finite while its gradient turns NaN at the last step of epoch 2.'''
 
         calls = 0
 
-        def loss(self, x, target=None):
-            out = super().loss(x, target)
+        def loss(self, x, target=None, **kw):
+            out = super().loss(x, target, **kw)
             if self.training:
                 type(self).calls += 1
                 if type(self).calls == 8:  # 4 steps an epoch: 58 training images in batches of 16
@@ -577,12 +577,12 @@ POISONED = """
             super().__init__(config)
             self.register_buffer("running_mean", torch.zeros(()))
 
-        def loss(self, x, target=None):
+        def loss(self, x, target=None, **kw):
             if self.training:
                 type(self).calls += 1
                 if type(self).calls == 8:
                     self.running_mean.fill_(float("nan"))
-            return super().loss(x, target)
+            return super().loss(x, target, **kw)
 """
 
 

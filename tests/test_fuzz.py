@@ -240,11 +240,20 @@ JSON = st.recursive(
 )
 
 
-@pytest.mark.parametrize("name", MODELS)
+#: every options class: the models' shared sizes and each registered part's options
+CONFIGS = {"model": genkit.ModelConfig} | {
+    f"{kind} {name}": genkit.registry.PARTS[kind].load(name).config_class
+    for kind in genkit.registry.PARTS
+    for name in genkit.registry.PARTS[kind].names()
+    if dataclasses.fields(genkit.registry.PARTS[kind].load(name).config_class)  # normal has no options
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 @fuzz(50)
 @given(data=st.data())
-def test_fuzz_model_config_from_dict(name, data):
-    cls = genkit.get_model_class(name).config_class
+def test_fuzz_config_from_dict(name, data):
+    cls = CONFIGS[name]
     keys = st.one_of(st.sampled_from([f.name for f in dataclasses.fields(cls)]), st.text(max_size=5), st.integers())
     given_data = data.draw(st.one_of(st.dictionaries(keys, JSON, max_size=5), JSON))
     try:

@@ -48,7 +48,7 @@ def test_fit_recovers_a_known_mixture(fitted):
 
 def test_fit_is_deterministic_for_a_seed():
     codes = mixture_codes(2000, seed=3)
-    a, b = GaussianMixturePrior(2, 4, seed=7), GaussianMixturePrior(2, 4, seed=7)
+    a, b = GaussianMixturePrior(2, components=4, seed=7), GaussianMixturePrior(2, components=4, seed=7)
     a.fit(codes)
     b.fit(codes)
     for name in ("weights", "means", "scale_tril"):
@@ -73,7 +73,7 @@ def test_log_prob_is_differentiable_and_kl_uses_monte_carlo(fitted):
     fitted.log_prob(z).sum().backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
     posterior = Posterior(torch.zeros(4, 2), torch.zeros(4, 2))
-    kl = fitted.kl(posterior, torch.Generator().manual_seed(0))
+    kl = fitted.kl(posterior, posterior.sample(torch.Generator().manual_seed(0)))
     assert kl.shape == (4,) and torch.isfinite(kl).all()
 
 
@@ -88,13 +88,13 @@ def test_samples_shape_device_and_distribution(fitted):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_works_on_cuda(fitted):
-    prior = GaussianMixturePrior(2, 3)
+    prior = GaussianMixturePrior(2, components=3)
     prior.load_state_dict(fitted.state_dict())
     prior = prior.to("cuda")
     samples = prior.sample(10, torch.Generator("cuda").manual_seed(0))
     assert samples.device.type == "cuda"
     assert prior.log_prob(samples).device.type == "cuda"
-    fresh = GaussianMixturePrior(2, 3).to("cuda")
+    fresh = GaussianMixturePrior(2, components=3).to("cuda")
     fresh.fit(mixture_codes(2000).to("cuda"))
     assert fresh.means.device.type == "cuda" and bool(fresh.fitted)
 

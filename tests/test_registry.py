@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 import genkit
 from genkit import registry
@@ -6,13 +7,22 @@ from genkit.errors import ConfigError, PluginError
 from genkit.registry import AUTOLOAD_ENV
 from tests.conftest import write_distribution
 
-BUILTINS = {"ae", "vae-conv", "beta-vae"}
+BUILTINS = {"ae", "vae-conv", "beta-vae", "iwae", "wae", "vamp-vae"}
 
 GOOD_PLUGIN = """
-    from genkit_plugins.vae import ConvVAE
+    import genkit
 
-    class Tiny(ConvVAE):
+    class Tiny(genkit.Model):
         '''A tiny third-party VAE.'''
+
+        def __init__(self, config):
+            super().__init__(
+                config,
+                encoder=genkit.get_encoder("mlp", config, hidden=16, layers=1),
+                decoder=genkit.get_decoder("mlp", config, hidden=16, layers=1),
+                prior=genkit.StandardNormal(config.latent),
+                loss=genkit.ELBOLoss(),
+            )
 """
 
 
@@ -23,13 +33,13 @@ def test_builtins_come_from_genkit_distribution():
 
 
 def test_list_models_pattern():
-    assert genkit.list_models("*vae*") == ["beta-vae", "vae-conv"]
+    assert genkit.list_models("*vae*") == ["beta-vae", "vae-conv", "vamp-vae"]
     assert genkit.list_models("nothing*") == []
 
 
 def test_none_overrides_keep_defaults():
-    model = genkit.get_model("vae-conv", latent=None, channels=8)
-    assert model.config.latent == 10 and model.config.channels == 8
+    model = genkit.get_model("vae-conv", latent=None, channels=8, prior=None)
+    assert model.config.latent == 10 and model.encoder.config.channels == 8 and model.prior.name == "normal"
     assert model.name == "vae-conv"
 
 
@@ -57,6 +67,34 @@ def test_third_party_plugin_lists_and_builds(plugin_site):
     assert registry.models.info("tiny").distribution == "tiny-vae"
     model = genkit.get_model("tiny", latent=3)
     assert model.encode(genkit_batch()).mean.shape == (2, 3)
+    # its own parts that are registered are recognised; any part can be swapped by name
+    assert model.prior.name == "normal" and model.loss_fn.name == "elbo" and model.encoder.name == "mlp"
+    swapped = genkit.get_model("tiny", latent=3, prior="mog", loss="iwae", **{"prior.components": 3})
+    assert swapped.prior.name == "mog" and swapped.prior.config.components == 3 and swapped.loss_fn.name == "iwae"
+    assert torch.isfinite(swapped.loss(genkit_batch()).total)
+
+
+def test_a_model_plugins_own_unregistered_part_has_no_options(plugin_site):
+    source = GOOD_PLUGIN + """
+    class Raw(genkit.Encoder):
+        def __init__(self, latent):
+            super().__init__()
+            self.net = genkit_torch.nn.Linear(784, latent)
+
+        def forward(self, x):
+            return genkit.Posterior(self.net(x.flatten(1)), None)
+
+    class RawTiny(Tiny):
+        def __init__(self, config):
+            super().__init__(config)
+            self.encoder = Raw(config.latent)
+    """
+    source = source.replace("import genkit\n", "import genkit\n    import torch as genkit_torch\n", 1)
+    write_distribution(plugin_site, "raw-pkg", {"genkit.models": {"raw": "fake_raw:RawTiny"}}, {"fake_raw": source})
+    with pytest.raises(ConfigError, match="the encoder of model raw is built by the model itself"):
+        genkit.get_model("raw", **{"encoder.hidden": 4})
+    with pytest.raises(ConfigError, match="loss elbo cannot work with encoder Raw"):
+        genkit.get_model("raw")
 
 
 def genkit_batch():
@@ -85,9 +123,9 @@ def test_broken_plugin_is_flagged_and_others_still_build(plugin_site):
 
 def test_plugin_that_fails_to_build_names_its_distribution(plugin_site):
     source = """
-        from genkit_plugins.vae import ConvVAE
+        import genkit
 
-        class Tiny(ConvVAE):
+        class Tiny(genkit.Model):
             def __init__(self, config):
                 raise RuntimeError('no GPU here')
     """
@@ -102,7 +140,7 @@ def test_plugin_of_wrong_type_is_rejected(plugin_site):
     write_distribution(
         plugin_site, "odd-pkg", {"genkit.models": {"odd": "fake_odd:thing"}}, {"fake_odd": "thing = 42\n"}
     )
-    with pytest.raises(PluginError, match=r"odd-pkg\[odd\]: fake_odd:thing is not a subclass of genkit.model.Model"):
+    with pytest.raises(PluginError, match=r"odd-pkg\[odd\]: fake_odd:thing is not a subclass of genkit.model.Model nor a genkit.model.Preset"):
         genkit.get_model("odd")
 
 
@@ -125,13 +163,13 @@ def test_autoload_switch_hides_third_party_plugins(plugin_site, monkeypatch):
 
 
 def test_register_in_process_and_duplicate_is_an_error():
-    from genkit_plugins.vae import ConvVAE
-
-    registry.models.register("local-vae", ConvVAE)
+    preset = genkit.Preset("a local preset", encoder="mlp", decoder="mlp", prior="normal", loss="elbo")
+    registry.models.register("local-vae", preset)
     try:
         assert registry.models.info("local-vae").distribution == "<local>"
+        assert genkit.get_model("local-vae").description == "a local preset"
         with pytest.raises(PluginError, match="already provided"):
-            registry.models.register("vae-conv", ConvVAE)
+            registry.models.register("vae-conv", preset)
     finally:
         registry.models.unregister("local-vae")
 

@@ -96,6 +96,8 @@ class GaussianMixturePrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) per row of z (N, latent): logsumexp over components of log w_k + log N(z; mu_k, Sigma_k)."""
         self._require_fitted()
+        if z.ndim >= 1 and z.ndim != 2 and z.shape[-1] == self.latent:  # leading sample dimensions
+            return self.log_prob(z.reshape(-1, self.latent)).view(z.shape[:-1])
         if z.ndim != 2 or z.shape[1] != self.latent:
             raise ShapeError(f"gmm prior: expected codes of shape (N, {self.latent}), got {tuple(z.shape)}")
         dtype = torch.promote_types(z.dtype, self.means.dtype)

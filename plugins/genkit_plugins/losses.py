@@ -40,7 +40,7 @@ class IWAELoss(Loss):
     config_class = IWAEConfig
 
     def check(self, model: Model) -> None:
-        require_density(self, model, "the importance weights")
+        require_density(self, model, "an importance weight")
         require_trained_prior(self, model)
 
     def forward(self, model: Model, batch: Batch) -> LossOutput:
@@ -93,6 +93,9 @@ class WAEMMDLoss(Loss):
         posterior = model.encode(batch.x)
         z = posterior.sample(batch.generator)
         reconstruction = reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)
-        prior_z = model.prior.sample(z.shape[0], batch.generator).to(z.dtype)
-        mmd = imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * c.scale)
+        if z.shape[0] < 2:  # no pairs to compare (e.g. a last batch of one image): no MMD signal
+            mmd = z.float().sum() * 0.0
+        else:
+            prior_z = model.prior.sample(z.shape[0], batch.generator).to(z.dtype)
+            mmd = imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * c.scale)
         return LossOutput({"reconstruction": reconstruction, "mmd": c.weight * mmd})
