@@ -258,8 +258,9 @@ def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: 
     if distributed.is_main():
         remove_stale_temporaries(run)  # left by a process killed while saving
         save_weights(model, run / WEIGHTS_FILE)  # the checkpoint is the truth: repair lagging or damaged weights
-    if epochs and distributed.is_main():
-        config["train"]["epochs"] = epochs
+    # recorded as this release writes it (a genkit 0.1 run is upgraded), with the new number of epochs
+    config = {**run_config(model), "train": train.to_dict(), "data": data}
+    if distributed.is_main():
         write_json(run / CONFIG_FILE, config)
     log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}")
     stream = data.get("stream") is True

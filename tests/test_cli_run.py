@@ -131,3 +131,48 @@ def test_sample_from_a_fitted_gmm_prior_is_cached(finished_run, tmp_path, capsys
     assert main(["sample", str(run_dir), "--prior", "gmm", "-n", "8", "-o", str(tmp_path / "b.png")]) == 0
     assert cached.stat().st_mtime_ns == stamp, "the fitted prior should be reused, not fitted again"
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_parts_chosen_on_the_command_line_are_recorded_and_reload(data_dir, tmp_path, capsys):
+    out = tmp_path / "R"
+    args = ["run", "vae-conv", "--prior", "vamp", "--loss", "iwae", "--set", "loss.k=3", "--set", "prior.components=5"]
+    code = main([*args, "--limit", "256", "--epochs", "1", "--out", str(out), "--quiet", "--data-dir", str(data_dir)])
+    assert code == 0, capsys.readouterr().err
+    parts = json.loads((out / "config.json").read_text())["parts"]
+    assert parts["prior"] == {"name": "vamp", "options": {"components": 5}}
+    assert parts["loss"]["name"] == "iwae" and parts["loss"]["options"]["k"] == 3
+    assert main(["sample", str(out), "-n", "16"]) == 0
+    assert (out / "samples-vamp-16.png").is_file()
+    from genkit.checkpoint import load_checkpoint, load_model
+
+    model = load_model(out)  # the learned pseudo-inputs are part of the saved weights
+    trained = load_checkpoint(out / "checkpoint.pt")["model"]["prior.pseudo_inputs"]
+    assert torch.equal(model.prior.pseudo_inputs, trained)
+    assert model.prior.name == "vamp" and model.loss_fn.name == "iwae" and model.loss_fn.config.k == 3
+
+
+def test_an_incompatible_composition_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "R"
+    code = main(["run", "ae", "--loss", "elbo", "--limit", "64", "--epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "loss elbo cannot work with encoder conv" in err and "--set encoder.head=gaussian" in err
+    assert not out.exists()
+    assert main(["run", "vae-conv", "--prior", "nope", "--out", str(out)]) == 2
+    assert "unknown priors plugin 'nope'" in capsys.readouterr().err
+    assert main(["run", "vae-conv", "--set", "loss.k=3", "--out", str(out)]) == 2
+    assert "unknown option(s) for loss elbo: k" in capsys.readouterr().err
+    assert main(["run", "vae-conv", "--set", "colour.k=3", "--out", str(out)]) == 2
+    assert "write KEY or PART.KEY" in capsys.readouterr().err
+
+
+def test_an_ex_post_prior_is_fitted_after_training_and_saved(finished_run, tmp_path, capsys):
+    _, images = finished_run
+    out = tmp_path / "R"
+    assert main(["run", "ae", "--prior", "gmm", "--set", "prior.components=2", "--dataset", str(images)]
+                + ["--out", str(out), *SMALL]) == 0  # fmt: skip
+    assert "fitted the gmm prior" in capsys.readouterr().out
+    from genkit.checkpoint import load_model
+
+    model = load_model(out)
+    assert model.prior.name == "gmm" and bool(model.prior.fitted) and model.prior.components == 2
