@@ -25,11 +25,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def plugins(session: nox.Session) -> None:
-    """Install the example third-party plugin beside genkit and run genkit's conformance suite on it."""
+    """Install the example third-party plugins beside genkit and run genkit's conformance suites on them."""
     session.install(*CONSTRAINTS, "-e", ".[dev]")
-    session.install("--no-build-isolation", "./plugins/example-mlp-vae")
+    session.install("--no-build-isolation", "./plugins/example-mlp-vae", "./plugins/example-parts")
     session.run("genkit", "list")
-    session.run("pytest", "plugins/example-mlp-vae/tests", *session.posargs)
+    session.run("pytest", "plugins/example-mlp-vae/tests", "plugins/example-parts/tests", *session.posargs)
 
 
 def _bench(session: nox.Session, protocol: str, datasets: list[str]) -> None:

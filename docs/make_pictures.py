@@ -55,7 +55,9 @@ def command_of(config: dict[str, Any]) -> str:
         own = model_parts(default)[kind]
         if part["name"] != own["name"]:
             words += [f"--{kind}", part["name"]]
-            own = {"options": get_model(config["model"], check=False, **{kind: part["name"]}).part(kind).config.to_dict()}
+            own = {
+                "options": get_model(config["model"], check=False, **{kind: part["name"]}).part(kind).config.to_dict()
+            }
         for key, value in part["options"].items():
             if value != own["options"].get(key):
                 words += ["--set", f"{kind}.{key}={value if isinstance(value, str) else json.dumps(value)}"]

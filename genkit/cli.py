@@ -203,7 +203,9 @@ def run(
     options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
     config = _train_options(progress=not quiet, **train)
     where = {"dataset": dataset, "data_dir": data_dir, "out": out, "overwrite": overwrite, "limit": limit}
-    where.update(stream=stream, noise=noise, parts={"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss})
+    where.update(
+        stream=stream, noise=noise, parts={"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}
+    )
     if relaunch:
         check_run(model, options, config, **where)  # user errors: one line here, not one per process
         ctx.exit(_relaunch(nproc, ctx.obj["argv"]))

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
 from genkit.config import ModelConfig
+from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
 from genkit.model import Model, Preset
 from genkit.noise import NoiseTransform
 from genkit.parts import Decoder, Encoder, Loss, Part, Prior
@@ -323,7 +323,11 @@ def _build_subclass(
                 f"choose a registered one with --{kind} NAME (genkit list --kind {kind}s)"
             )
         keep = current.config.to_dict() if kind not in chosen and isinstance(current, Part) else {}
-        setattr(model, "loss_fn" if kind == "loss" else kind, build_part(kind, part, {**keep, **dotted.get(kind, {})}, config))
+        setattr(
+            model,
+            "loss_fn" if kind == "loss" else kind,
+            build_part(kind, part, {**keep, **dotted.get(kind, {})}, config),
+        )
     return model
 
 

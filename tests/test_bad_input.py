@@ -72,10 +72,19 @@ RUN_VALUES = {
     "set-text": (["--set", "channels=abc"], "channels must be an integer, got 'abc'"),
     "set-inf": (["--set", "hidden=1e400"], "hidden must be an integer, got inf"),
     "set-huge": (["--set", f"hidden={10**20}"], "genkit[conv]: failed to build: TypeError"),
-    "set-size": (["--set", "image_size=30"], "image_size must be a multiple of 4 for the conv encoder and decoder, got 30"),
-    "set-unknown": (["--set", "bogus=1"], "unknown option 'bogus' for model ae with parts conv, conv, normal, reconstruction: see genkit info ae"),
+    "set-size": (
+        ["--set", "image_size=30"],
+        "image_size must be a multiple of 4 for the conv encoder and decoder, got 30",
+    ),
+    "set-unknown": (
+        ["--set", "bogus=1"],
+        "unknown option 'bogus' for model ae with parts conv, conv, normal, reconstruction: see genkit info ae",
+    ),
     "set-no-key": (["--set", "=1"], "Invalid value for --set: '=1' is not KEY=VALUE"),
-    "beta-for-ae": (["--beta", "2"], "unknown option 'beta' for model ae with parts conv, conv, normal, reconstruction"),
+    "beta-for-ae": (
+        ["--beta", "2"],
+        "unknown option 'beta' for model ae with parts conv, conv, normal, reconstruction",
+    ),
     "unknown-option": (["--bogus"], "No such option '--bogus'."),
     "missing-value": (["--latent"], "Option '--latent' requires an argument."),
     "resume-and-model": (["--resume", "somewhere"], "--resume continues a run as configured"),

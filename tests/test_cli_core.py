@@ -5,7 +5,6 @@ import pytest
 
 import genkit
 from genkit import checkpoint
-
 from genkit.cli import main
 from tests.conftest import write_distribution
 

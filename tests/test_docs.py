@@ -365,7 +365,10 @@ def test_make_pictures_rebuilds_the_command_line(tmp_path):
     model = genkit.get_model("vae-conv", latent=4, prior="mog", **{"loss.k": 3}, loss="iwae", **{"prior.components": 3})
     config = {**run_config(model), "train": {"epochs": 2}, "data": {"dataset": "mnist", "noise": None}}
     command = make_pictures.command_of(config)
-    assert command == "genkit run vae-conv --latent 4 --prior mog --set prior.components=3 --loss iwae --set loss.k=3 --epochs 2"
+    assert (
+        command
+        == "genkit run vae-conv --latent 4 --prior mog --set prior.components=3 --loss iwae --set loss.k=3 --epochs 2"
+    )
     parse(shlex.split(command)[1:])
 
 

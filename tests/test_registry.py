@@ -75,7 +75,9 @@ def test_third_party_plugin_lists_and_builds(plugin_site):
 
 
 def test_a_model_plugins_own_unregistered_part_has_no_options(plugin_site):
-    source = GOOD_PLUGIN + """
+    source = (
+        GOOD_PLUGIN
+        + """
     class Raw(genkit.Encoder):
         def __init__(self, latent):
             super().__init__()
@@ -89,6 +91,7 @@ def test_a_model_plugins_own_unregistered_part_has_no_options(plugin_site):
             super().__init__(config)
             self.encoder = Raw(config.latent)
     """
+    )
     source = source.replace("import genkit\n", "import genkit\n    import torch as genkit_torch\n", 1)
     write_distribution(plugin_site, "raw-pkg", {"genkit.models": {"raw": "fake_raw:RawTiny"}}, {"fake_raw": source})
     with pytest.raises(ConfigError, match="the encoder of model raw is built by the model itself"):
@@ -140,7 +143,10 @@ def test_plugin_of_wrong_type_is_rejected(plugin_site):
     write_distribution(
         plugin_site, "odd-pkg", {"genkit.models": {"odd": "fake_odd:thing"}}, {"fake_odd": "thing = 42\n"}
     )
-    with pytest.raises(PluginError, match=r"odd-pkg\[odd\]: fake_odd:thing is not a subclass of genkit.model.Model nor a genkit.model.Preset"):
+    with pytest.raises(
+        PluginError,
+        match=r"odd-pkg\[odd\]: fake_odd:thing is not a subclass of genkit.model.Model nor a genkit.model.Preset",
+    ):
         genkit.get_model("odd")
 
 

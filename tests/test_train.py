@@ -1,6 +1,6 @@
-import math
 import itertools
 import json
+import math
 import platform
 from pathlib import Path
 
