@@ -46,6 +46,7 @@ def test_every_option_info_shows_works_as_written(name, capsys):
     from genkit.cli import _parse_settings
 
     code, out, _ = run_cli(capsys, "info", name)
+    assert code == 0
     settings = [line.split()[1] for line in out.splitlines() if line.startswith("  --set ")]
     assert len(settings) >= 5
     default = genkit.get_model(name)

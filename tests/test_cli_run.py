@@ -169,8 +169,8 @@ def test_an_incompatible_composition_fails_before_training(tmp_path, capsys):
 def test_an_ex_post_prior_is_fitted_after_training_and_saved(finished_run, tmp_path, capsys):
     _, images = finished_run
     out = tmp_path / "R"
-    assert main(["run", "ae", "--prior", "gmm", "--set", "prior.components=2", "--dataset", str(images)]
-                + ["--out", str(out), *SMALL]) == 0  # fmt: skip
+    args = ["run", "ae", "--prior", "gmm", "--set", "prior.components=2", "--dataset", str(images), "--out", str(out)]
+    assert main([*args, *SMALL]) == 0
     assert "fitted the gmm prior" in capsys.readouterr().out
     from genkit.checkpoint import load_model
 
