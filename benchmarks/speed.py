@@ -99,6 +99,7 @@ def genkit_trainer(args: dict[str, Any]) -> dict[str, Any]:
             progress=False,
             compile=args["compile"],
             amp=args.get("amp"),
+            channels_last=True,  # genkit's own conv nets: 2-12% faster here, and how the committed rows ran
         ),
     )
     warm.fit(train.subset(args["warmup"] * args["batch_size"]))

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genkit.config import Config, option
+from genkit.config import Config, ModelConfig, option
 from genkit.errors import ConfigError
 from genkit.parts import Batch, Loss, LossOutput, require_density, require_trained_prior
+
+if TYPE_CHECKING:
+    from genkit.model import Model
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -61,7 +64,7 @@ class ReconstructionLoss(Loss):
 
     config_class = LikelihoodConfig
 
-    def forward(self, model, batch: Batch) -> LossOutput:  # type: ignore[no-untyped-def]
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
         posterior = model.encode(batch.x)
         z = posterior.sample(batch.generator) if model.training else posterior.mean
@@ -89,16 +92,18 @@ class ELBOLoss(Loss):
 
     config_class = ELBOConfig
 
-    def __init__(self, config: ELBOConfig | None = None, dims=None, *, beta: float | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, config: ELBOConfig | None = None, dims: ModelConfig | None = None, *, beta: float | None = None
+    ) -> None:
         if config is None and beta is not None:
             config = ELBOConfig(beta=beta)
         super().__init__(config, dims)
 
-    def check(self, model) -> None:  # type: ignore[no-untyped-def]
+    def check(self, model: Model) -> None:
         require_density(self, model, "the KL term")
         require_trained_prior(self, model)
 
-    def forward(self, model, batch: Batch) -> LossOutput:  # type: ignore[no-untyped-def]
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
         posterior = model.encode(batch.x)
         z = posterior.sample(batch.generator)
