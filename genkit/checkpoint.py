@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genkit.errors import CheckpointError, ConfigError, GenkitError, RunExistsError
+from genkit.files import atomic_write
 from genkit.model import PART_KINDS, Model
 from genkit.parts import Part
 from genkit.registry import get_model, models, priors
@@ -32,36 +32,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 #: the temporary names ``atomic_write`` gives run files (left behind only when a process is killed mid-save).
 _TEMPORARY = re.compile(r"\.(config\.json|model\.safetensors|checkpoint\.pt|metrics\.json|prior-[\w.-]+)\.\d+\.tmp")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(tmp)`` then rename, so readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` survive a power cut, where the system allows it (best effort)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a folder; the rename itself is still atomic
-        pass
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from genkit import distributed, registry, report
 from genkit.checkpoint import load_model, read_json
 from genkit.data import DATA_ENV, load_images, save_png
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
+from genkit.files import atomic_write
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
 from genkit.registry import get_noise
@@ -249,6 +250,7 @@ def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: st
     noisy = get_noise(noise)(batch, seeded_generator(seed)) if noise else batch
     denoised = model.reconstruct(noisy)
     out = Path(output)
+    _refuse_clashes([Path(p).stem for p in images], images, out, "-denoised.png")
     out.mkdir(parents=True, exist_ok=True)
     for path, noisy_image, clean_image in zip(images, noisy, denoised, strict=True):
         stem = Path(path).stem
@@ -271,7 +273,13 @@ def encode(run_dir: str, images: tuple[str, ...], output: str) -> None:
     with torch.no_grad():
         codes = model.encode(batch).mean.to(torch.float16)
         quality = psnr(model.decode(codes.float()), batch)  # what a decoder will see: the float16 codes
-    np.savez(output, codes=codes.numpy(), names=np.array([Path(p).name for p in images]))
+    names = np.array([Path(p).name for p in images])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to the temporary name
+            np.savez(f, codes=codes.numpy(), names=names)
+
+    atomic_write(Path(output), write, parents=False)
     raw = batch[0].numel()  # 8-bit pixels
     coded = codes[0].numel() * codes.element_size()
     click.echo(
@@ -289,6 +297,7 @@ def decode(run_dir: str, codes: str, output: str) -> None:
     model = load_model(run_dir)
     z, names = read_codes(codes, model.config.latent)
     out = Path(output)
+    _refuse_clashes([Path(n).stem for n in names], names, out, ".png")
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         decoded = model.decode(z)
@@ -310,6 +319,18 @@ def read_codes(path: str, latent: int) -> tuple[torch.Tensor, list[str]]:
     if z.dim() != 2 or z.shape[1] != latent or len(names) != len(z):
         raise ShapeError(f"{path} holds codes shaped {tuple(z.shape)}; this run's model needs (N, {latent})")
     return z, names
+
+
+def _refuse_clashes(stems: list[str], sources: Sequence[str], out: Path, suffix: str) -> None:
+    """Two inputs that would be written to the same output file are a user error, not a silent overwrite."""
+    seen: dict[str, str] = {}
+    for stem, source in zip(stems, sources, strict=True):
+        if stem in seen:
+            raise DataError(
+                f"{seen[stem]} and {source} would both be written to {out / (stem + suffix)}: "
+                "rename one of them or run them separately"
+            )
+        seen[stem] = str(source)
 
 
 def _check_image_suffix(path: Path) -> None:

@@ -278,4 +278,7 @@ def save_png(image: Tensor, path: str | os.PathLike[str]) -> None:
     """One (C, H, W) image in [0, 1] as PNG: grayscale stays one channel (unlike torchvision's save_image)."""
     from torchvision.transforms.functional import to_pil_image
 
-    to_pil_image(image.detach().float().clamp(0, 1).cpu()).save(path)
+    from genkit.files import atomic_write, image_format
+
+    picture = to_pil_image(image.detach().float().clamp(0, 1).cpu())
+    atomic_write(Path(path), lambda tmp: picture.save(tmp, format=image_format(path)), parents=False)

@@ -12,6 +12,8 @@ import difflib
 import fnmatch
 import math
 import os
+import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,6 +27,12 @@ from genkit.parts import Decoder, Encoder, Loss, Part, Prior
 
 #: Set to 1 to load only genkit's own plugins (third-party entry points are ignored).
 AUTOLOAD_ENV = "GENKIT_DISABLE_PLUGIN_AUTOLOAD"
+#: Seconds a plugin's module may take to import before it is flagged as hanging (the environment variable
+#: ``GENKIT_PLUGIN_IMPORT_TIMEOUT`` overrides it).
+IMPORT_TIMEOUT = 60.0
+TIMEOUT_ENV = "GENKIT_PLUGIN_IMPORT_TIMEOUT"
+#: A plugin name: it is typed on command lines and names files and folders (runs/NAME-DATASET), so no paths.
+VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*")
 OWN_DISTRIBUTION = "genkit"
 LOCAL = "<local>"
 
@@ -54,7 +62,33 @@ class FailedPlugin(PluginError):
 
 def _distribution_name(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else "unknown"
+    name = dist.metadata["Name"] if dist is not None else None
+    return name if isinstance(name, str) and name else "unknown"  # a distribution without a Name
+
+
+def _import(info: PluginInfo) -> Any:
+    """Import a plugin's object in a helper thread, so that a module that raises ``SystemExit`` or waits forever
+    at import is reported as a failed plugin (after ``IMPORT_TIMEOUT`` seconds) instead of ending or hanging
+    genkit. (A module that calls ``os._exit`` still ends the process: nothing in-process can stop that.)"""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["object"] = info.load_target()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"genkit-import-{info.name}", daemon=True)
+    thread.start()
+    thread.join(float(os.environ.get(TIMEOUT_ENV) or IMPORT_TIMEOUT))
+    if thread.is_alive():
+        raise FailedPlugin(info, f"importing {info.target} did not finish in time; the plugin waits or hangs")
+    error = result.get("error")
+    if isinstance(error, KeyboardInterrupt):
+        raise error
+    if error is not None:
+        raise FailedPlugin(info, f"failed to load {info.target}: {type(error).__name__}: {_first(error)}") from error
+    return result["object"]
 
 
 def _normalise(name: str) -> str:
@@ -126,10 +160,9 @@ class Registry:
         """Import the plugin (once) and check that it is a subclass of the registry's base."""
         if name not in self._loaded:
             info = self.info(name)
-            try:
-                obj = info.load_target()
-            except Exception as exc:  # any import-time failure of a third-party module
-                raise FailedPlugin(info, f"failed to load {info.target}: {type(exc).__name__}: {exc}") from exc
+            if not VALID_NAME.fullmatch(name):
+                raise FailedPlugin(info, f"{name!r} is not a valid plugin name: use letters, digits, '-', '_', '.'")
+            obj = _import(info)
             if not (isinstance(obj, type) and issubclass(obj, self.base)) and not (
                 self.instance_of is not None and isinstance(obj, self.instance_of)
             ):

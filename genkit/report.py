@@ -2,24 +2,59 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
 from genkit.data import ImageData
+from genkit.files import atomic_write, image_format
 from genkit.model import Model
 from genkit.noise import NoiseTransform
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot for files only (imported when first needed, which keeps other commands quick), pointed
+    at a temporary config folder when its usual one cannot be written (an unwritable HOME), so that it prints no
+    cache warning."""
+    if not os.environ.get("MPLCONFIGDIR"):
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        folder = os.path.join(base, "matplotlib")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            writable = os.access(folder, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="genkit-matplotlib-")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format=image_format(path).lower()), parents=False)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    """Images as one PNG/JPEG grid, written by write-then-rename (an existing file is never left half-written)."""
+    grid = images.float().cpu()
+    atomic_write(
+        Path(path),
+        lambda tmp: save_image(grid, tmp, nrow=nrow, padding=2, pad_value=0.5, format=image_format(path)),
+        parents=False,
+    )
+
+
 def _rows(path: Path, rows: list[torch.Tensor]) -> None:
     """Save equally long rows of images as one grid, one row each."""
-    save_image(torch.cat(rows).float().cpu(), path, nrow=rows[0].shape[0], padding=2, pad_value=0.5)
+    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
 
 
 @torch.no_grad()
@@ -50,12 +85,13 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
 @torch.no_grad()
 def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0) -> None:
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    save_image(model.sample(n, generator).float().cpu(), path, nrow=8, padding=2, pad_value=0.5)
+    save_grid(model.sample(n, generator), path)
 
 
 def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -> None:
     points, axis = project_2d(model.codes(data.images[:n]).cpu())
     labels = data.labels[:n].cpu()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
     if data.classes:
@@ -68,7 +104,7 @@ def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -
     what = "latent codes" if axis == "z" else "latent codes, first two principal components"
     ax.set(xlabel=f"{axis}1", ylabel=f"{axis}2", title=f"{model.name}: test-set {what}")
     fig.tight_layout()
-    fig.savefig(path)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -102,6 +138,7 @@ def save_interpolation(model: Model, images: torch.Tensor, path: Path, steps: in
 def save_loss_curves(history: list[dict[str, Any]], path: Path) -> None:
     epochs = [r["epoch"] for r in history]
     terms = sorted({k[len("train_") :] for r in history for k in r if k.startswith("train_") and k != "train_seconds"})
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4), dpi=110, squeeze=False)
     for ax, term in zip(axes[0], terms, strict=True):
         for split, style in (("train", "-o"), ("test", "--s")):
@@ -111,7 +148,7 @@ def save_loss_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.set(title=term, xlabel="epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
