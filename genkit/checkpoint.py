@@ -7,12 +7,14 @@ with ``weights_only=True``) and ``metrics.json``. Every file is written to a tem
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,55 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 #: the temporary names ``atomic_write`` gives run files (left behind only when a process is killed mid-save).
 _TEMPORARY = re.compile(r"\.(config\.json|model\.safetensors|checkpoint\.pt|metrics\.json|prior-[\w.-]+)\.\d+\.tmp")
+
+
+#: held by the process training into a run folder (it holds that process's PID)
+LOCK_FILE = ".genkit.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process while it trains into it: a second process is refused in one line, and a
+    lock left by a process that no longer runs (killed) is taken over."""
+    path = Path(folder) / LOCK_FILE
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise RunExistsError(
+                    f"{folder} is being trained by process {owner}: wait for it to finish, or stop it first"
+                ) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise RunExistsError(f"cannot take the lock {path}; remove it if no genkit process trains into {folder}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -33,6 +33,8 @@ KINDS = {
     "losses": registry.losses,
     "noise": registry.noise,
 }
+#: what may be given with --resume: the rest of a run's settings are recorded and repeated exactly
+RESUME_OPTIONS = {"resume", "epochs", "quiet", "nproc", "data_dir"}
 PART_OF_KIND = {"encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss"}
 
 
@@ -191,12 +193,22 @@ def run(
     if relaunch and (train["batch_size"] or TrainConfig.batch_size) % nproc:
         raise ConfigError(f"batch size must be divisible by the {nproc} processes: change --batch-size or --nproc")
     if resume:
-        if model or latent or beta or settings or encoder or decoder or prior or loss or noise or kl_warmup:
-            raise click.UsageError("--resume continues a run as configured: give only --resume RUN_DIR [--epochs N]")
+        # A resumed run repeats its recorded settings exactly; an option given with it would be silently ignored.
+        given = [
+            param.opts[0] if isinstance(param, click.Option) else param.name.upper()
+            for param in ctx.command.params
+            if param.name not in RESUME_OPTIONS
+            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"--resume continues a run as it was configured, so {', '.join(given)} cannot be changed: "
+                "give only --resume RUN_DIR [--epochs N] [--quiet] [--nproc N] [--data-dir DIR]"
+            )
         if relaunch:
             read_json(Path(resume) / "config.json")  # fail here, in one line, rather than in every process
             ctx.exit(_relaunch(nproc, ctx.obj["argv"]))
-        resume_run(resume, epochs=train["epochs"])
+        resume_run(resume, epochs=train["epochs"], data_dir=data_dir, progress=False if quiet else None)
         return
     if not model:
         raise click.UsageError("name a MODEL (see genkit list) or give --resume RUN_DIR")

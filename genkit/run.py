@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from genkit.checkpoint import (
     read_json,
     remove_stale_temporaries,
     run_config,
+    run_lock,
     save_checkpoint,
     save_tensors,
     save_weights,
@@ -200,9 +202,15 @@ def start_run(
         "train": train.to_dict(),
         "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise},
     }
-    if distributed.is_main():
-        write_json(run_dir / CONFIG_FILE, config)
-    return _train_and_report(run_dir, config, model, trainer, train_data, test_data, log)
+    with _held(run_dir):
+        if distributed.is_main():
+            write_json(run_dir / CONFIG_FILE, config)
+        return _train_and_report(run_dir, config, model, trainer, train_data, test_data, log)
+
+
+def _held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The run folder's lock, taken by the main process (the others train into the same folder with it)."""
+    return run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
 
 
 def _on_main(make: Callable[[], Any]) -> Any:
@@ -219,15 +227,34 @@ def _on_main(make: Callable[[], Any]) -> Any:
     return result
 
 
-def resume_run(run_dir: str | os.PathLike[str], epochs: int | None = None, log: Log = print) -> Path:
-    """Continue a run from its last checkpoint (optionally to a new number of ``epochs``)."""
+def resume_run(
+    run_dir: str | os.PathLike[str],
+    epochs: int | None = None,
+    log: Log = print,
+    *,
+    data_dir: str | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Continue a run from its last checkpoint, with its recorded settings.
+
+    Only what does not change the result may differ: a new number of ``epochs``, where the dataset lives on this
+    machine (``data_dir``) and whether a progress bar shows.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
+    with _held(run):
+        return _resume(run, epochs, log, data_dir, progress)
+
+
+def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progress: bool | None) -> Path:
     config = upgrade_config(read_json(run / CONFIG_FILE))
+    given = {"epochs": epochs, "progress": progress}
     try:
-        train = TrainConfig.from_dict({**config["train"], **({"epochs": epochs} if epochs else {})})
+        train = TrainConfig.from_dict({**config["train"], **{k: v for k, v in given.items() if v is not None}})
         data = config["data"]
+        if data_dir and isinstance(data, dict):
+            data = {**data, "data_dir": data_dir}
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{run / CONFIG_FILE} is incomplete ({exc}); start a new run") from None
     except ConfigError as exc:

@@ -87,7 +87,7 @@ RUN_VALUES = {
     ),
     "unknown-option": (["--bogus"], "No such option '--bogus'."),
     "missing-value": (["--latent"], "Option '--latent' requires an argument."),
-    "resume-and-model": (["--resume", "somewhere"], "--resume continues a run as configured"),
+    "resume-and-model": (["--resume", "somewhere"], "--resume continues a run as it was configured, so MODEL"),
 }
 
 

@@ -1,5 +1,6 @@
 """Reliability, second pass: plugins that exit or hang at import, unwritable HOME, outputs never half-written."""
 
+import json
 import os
 import subprocess
 import sys
@@ -124,3 +125,40 @@ def test_two_inputs_with_one_name_are_refused_not_overwritten(saved_run, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "would both be written to" in err and "x-denoised.png" in err
     assert not out.exists()
+
+
+@pytest.fixture
+def small_run(image_folder, tmp_path):
+    run = tmp_path / "small"
+    args = ["run", "ae", "--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16"]
+    assert main([*args, "--quiet", "--dataset", str(image_folder), "--out", str(run)]) == 0
+    return run
+
+
+def test_a_run_being_trained_is_refused_to_a_second_process_and_a_stale_lock_is_taken_over(small_run, capsys):
+    lock = small_run / ".genkit.lock"
+    assert not lock.exists()  # released when the run ended
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock.write_text(str(other.pid))
+        assert main(["run", "--resume", str(small_run), "--epochs", "2", "--quiet"]) == 2
+        assert f"{small_run} is being trained by process {other.pid}" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["run", "--resume", str(small_run), "--epochs", "2", "--quiet"]) == 0  # its owner is gone
+    assert not lock.exists()
+    assert [r["epoch"] for r in json.loads((small_run / "metrics.json").read_text())["epochs"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [(["--lr", "0.1"], "--lr"), (["--limit", "8"], "--limit"), (["--dataset", "fashion-mnist"], "--dataset"),
+     (["--set", "latent=3"], "--set"), (["--prior", "mog"], "--prior"), (["--seed", "3", "--amp"], "--seed, --amp")],
+)  # fmt: skip
+def test_resume_refuses_options_it_would_otherwise_ignore(small_run, extra, named, capsys):
+    before = (small_run / "config.json").read_text()
+    assert main(["run", "--resume", str(small_run), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"so {named} cannot be changed" in err
+    assert (small_run / "config.json").read_text() == before
