@@ -280,7 +280,9 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
     state = load_checkpoint(run / CHECKPOINT_FILE)
     try:
         trainer.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except ValueError as exc:  # what load_state_dict checks
+        raise CheckpointError(f"{run / CHECKPOINT_FILE} is tampered with or damaged: {exc}") from None
+    except (KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{run / CHECKPOINT_FILE} does not fit this run's model ({type(exc).__name__})") from None
     if distributed.is_main():
         remove_stale_temporaries(run)  # left by a process killed while saving

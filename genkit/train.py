@@ -184,11 +184,19 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a ``state_dict()``."""
+        """Continue from a ``state_dict()``; a state that does not fit this model and optimizer is a ``ValueError``
+        naming what is wrong, raised before anything reaches torch (a mis-shaped Adam moment can crash it)."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        _check_optimizer_state(state["optimizer"], self.optimizer.state_dict(), params)
+        history = state.get("history", [])
+        for record in history:
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record.values())
+            if not numbers or not {"epoch", "train_loss", "train_seconds"} <= set(record):
+                raise ValueError("a history record lacks epoch, train_loss or train_seconds, or holds a non-number")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
-        self.history = list(state.get("history", []))
+        self.history = list(history)
 
     def _seed_epoch(self) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
         """Generators for this epoch's shuffle (shared by all processes), noise and the loss's draws (per process)."""
@@ -386,6 +394,42 @@ class _NonFiniteGuard:
         what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient became {norm}"
         where = f"at epoch {self.epoch}, step {step + 1}"
         raise TrainingError(f"{what} {where}; lower --lr or check the data for NaN/inf values")
+
+
+def _check_optimizer_state(saved: Any, own: dict[str, Any], params: list[torch.Tensor]) -> None:
+    """Raise ``ValueError`` unless ``saved`` is this optimizer's kind of state, for these parameters."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise ValueError("the optimizer state is not a dict with a state")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(own["param_groups"]):
+        raise ValueError("the optimizer state has other parameter groups")
+    for group, mine in zip(groups, own["param_groups"], strict=True):
+        if not isinstance(group, dict) or set(group) != set(mine) or group["params"] != mine["params"]:
+            raise ValueError("the optimizer state is another optimizer's or for other parameters")
+        for key, value in mine.items():
+            given = group[key]
+            if isinstance(value, bool) or value is None:
+                ok = given is None or isinstance(given, bool)
+            elif isinstance(value, (int, float)):
+                ok = isinstance(given, (int, float)) and not isinstance(given, bool) and math.isfinite(given)
+            elif isinstance(value, (tuple, list)):
+                ok = isinstance(given, (tuple, list)) and len(given) == len(value)
+                ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in given)
+            else:
+                ok = True
+            if not ok:
+                raise ValueError(f"the optimizer's {key} is {given!r}")
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise ValueError("the optimizer state names a parameter this model does not have")
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(f"the optimizer's {key} of parameter {index} is not a float tensor")
+            want = () if key == "step" else tuple(params[index].shape)
+            if tuple(value.shape) != want:
+                raise ValueError(
+                    f"the optimizer's {key} of parameter {index} is shaped {tuple(value.shape)}, not {want}"
+                )
 
 
 def _ramp(progress: float, epochs: int) -> float:

@@ -162,3 +162,48 @@ def test_resume_refuses_options_it_would_otherwise_ignore(small_run, extra, name
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"so {named} cannot be changed" in err
     assert (small_run / "config.json").read_text() == before
+
+
+def _tamper(run: Path, change) -> None:
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    change(state)
+    torch.save(state, run / "checkpoint.pt")
+
+
+def _sgd_state(state):
+    model = genkit.get_model("ae", channels=4, hidden=16)
+    state["optimizer"] = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3, 3)), "exp_avg of parameter 0 is shaped"),
+        (lambda s: s["optimizer"]["state"][0].update(exp_avg_sq=torch.zeros(7)), "exp_avg_sq of parameter 0"),
+        (lambda s: s["optimizer"]["param_groups"][0].update(lr="fast"), "the optimizer's lr is 'fast'"),
+        (lambda s: s["optimizer"]["param_groups"][0].update(betas=(0.9,)), "the optimizer's betas is (0.9,)"),
+        (lambda s: s["optimizer"]["state"].update({999: {}}), "names a parameter this model does not have"),
+        (_sgd_state, "another optimizer's or for other parameters"),
+        (lambda s: s["history"][0].pop("train_loss"), "a history record lacks epoch, train_loss"),
+    ],
+)
+def test_a_tampered_training_state_is_one_line_before_it_reaches_torch(small_run, change, says, capsys):
+    _tamper(small_run, change)
+    code = subprocess.run(
+        [sys.executable, "-m", "genkit", "run", "--resume", str(small_run), "--epochs", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert code.returncode == 2, code.stderr  # never a crash by a signal (a mis-shaped moment segfaulted)
+    assert code.stderr.count("\n") == 1 and "checkpoint.pt is tampered with or damaged" in code.stderr
+    assert says in code.stderr
+
+
+def test_ill_typed_training_settings_in_config_json_are_one_line(small_run, capsys):
+    config = json.loads((small_run / "config.json").read_text())
+    config["train"]["compile"] = "yes"
+    (small_run / "config.json").write_text(json.dumps(config))
+    assert main(["run", "--resume", str(small_run), "--epochs", "2"]) == 2
+    assert "config.json: compile must be true or false, got 'yes'" in capsys.readouterr().err
