@@ -27,8 +27,10 @@ def active() -> bool:
 
 
 def rank() -> int:
-    """This process's rank (0 outside a process group)."""
-    return dist.get_rank() if active() else 0
+    """This process's rank: torchrun's, before the group is joined too (0 outside a launched group)."""
+    if active():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def world_size() -> int:
