@@ -17,7 +17,7 @@ from torch import Tensor
 
 from genkit.config import Config, ModelConfig, option
 from genkit.errors import ConfigError
-from genkit.parts import Batch, Loss, LossOutput, require_density, require_trained_prior
+from genkit.parts import Batch, Loss, LossOutput, Posterior, require_density, require_trained_prior
 
 if TYPE_CHECKING:
     from genkit.model import Model
@@ -54,6 +54,16 @@ def reconstruction_nll(logits: Tensor, target: Tensor, likelihood: str = "bernou
     return -reconstruction_log_likelihood(logits, target, likelihood, sigma).mean()
 
 
+def reconstruct(
+    model: Model, batch: Batch, config: LikelihoodConfig, draw: bool = True
+) -> tuple[Posterior, Tensor, Tensor]:
+    """The posterior of ``batch.x``, its code z (a draw from ``batch.generator``, or the mean when ``draw`` is
+    false) and the batch-mean reconstruction NLL of the target from z: the first step of most losses."""
+    posterior = model.encode(batch.x)
+    z = posterior.sample(batch.generator) if draw else posterior.mean
+    return posterior, z, reconstruction_nll(model.decode_logits(z), batch.target, config.likelihood, config.sigma)
+
+
 def ramp(progress: float | None, epochs: float) -> float:
     """A linear ramp from 0 to 1 over ``epochs`` epochs; 1 without warm-up or outside training."""
     return 1.0 if progress is None or epochs <= 0 else min(1.0, progress / epochs)
@@ -65,12 +75,7 @@ class ReconstructionLoss(Loss):
     config_class = LikelihoodConfig
 
     def forward(self, model: Model, batch: Batch) -> LossOutput:
-        c = self.config
-        posterior = model.encode(batch.x)
-        z = posterior.sample(batch.generator) if model.training else posterior.mean
-        return LossOutput(
-            {"reconstruction": reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)}
-        )
+        return LossOutput({"reconstruction": reconstruct(model, batch, self.config, draw=model.training)[2]})
 
 
 @dataclass
@@ -105,9 +110,7 @@ class ELBOLoss(Loss):
 
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
-        posterior = model.encode(batch.x)
-        z = posterior.sample(batch.generator)
-        reconstruction = reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)
+        posterior, z, reconstruction = reconstruct(model, batch, c)
         kl = c.beta * model.prior.kl(posterior, z).float().mean()
         weight = ramp(batch.progress, c.kl_warmup)
         total = reconstruction + weight * kl if weight != 1 else None  # None: the plain sum of the terms

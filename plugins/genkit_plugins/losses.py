@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from genkit import Batch, Loss, LossOutput, Model, option, require_density, require_trained_prior
-from genkit.losses import LikelihoodConfig, reconstruction_log_likelihood, reconstruction_nll
+from genkit.losses import LikelihoodConfig, reconstruct, reconstruction_log_likelihood
 
 
 @dataclass
@@ -90,9 +90,7 @@ class WAEMMDLoss(Loss):
 
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
-        posterior = model.encode(batch.x)
-        z = posterior.sample(batch.generator)
-        reconstruction = reconstruction_nll(model.decode_logits(z), batch.target, c.likelihood, c.sigma)
+        _, z, reconstruction = reconstruct(model, batch, c)
         if z.shape[0] < 2:  # no pairs to compare (e.g. a last batch of one image): no MMD signal
             mmd = z.float().sum() * 0.0
         else:
