@@ -8,6 +8,7 @@ with ``weights_only=True``) and ``metrics.json``. Every file is written to a tem
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -20,10 +21,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from genkit.errors import CheckpointError, ConfigError, GenkitError, RunExistsError
-from genkit.files import atomic_write
+from genkit.files import atomic_write, atomic_write_bytes, require_regular_file
 from genkit.model import PART_KINDS, Model
 from genkit.parts import Part
 from genkit.registry import get_model, models, priors
@@ -109,6 +111,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; any problem is a one-line ``CheckpointError`` naming the file."""
+    require_regular_file(path, "run file", CheckpointError, missing_ok=True)
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -126,7 +129,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def save_tensors(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """A module's state as a safetensors file (on the CPU), written by write-then-rename."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    atomic_write_bytes(path, safetensors_bytes(state, metadata=metadata))
 
 
 def save_weights(model: Model, path: Path) -> None:
@@ -181,6 +184,7 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def load_weights(model: Model, path: Path) -> None:
     """Load safetensors weights into ``model``; truncated, tampered or mismatched files are one-line errors."""
+    require_regular_file(path, "weights file", CheckpointError, missing_ok=True)
     try:
         state = load_file(str(path))
     except FileNotFoundError:
@@ -207,11 +211,14 @@ def _load_state(model: Model, state: dict[str, torch.Tensor], path: Path) -> Non
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint, loaded with ``weights_only=True`` so that no code in it can run."""
+    require_regular_file(path, "checkpoint", CheckpointError, missing_ok=True)
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the error says enough
             warnings.simplefilter("ignore")

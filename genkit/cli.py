@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from genkit import distributed, registry, report
 from genkit.checkpoint import load_model, read_json
 from genkit.data import DATA_ENV, load_images, save_png
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
-from genkit.files import atomic_write
+from genkit.files import atomic_write, image_format, require_regular_file
 from genkit.metrics import psnr
 from genkit.noise import seeded_generator
 from genkit.registry import get_noise
@@ -227,7 +228,14 @@ def run(
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(1, report.MAX_SAMPLES),
+    default=64,
+    show_default=True,
+    help="How many samples (one grid image).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-PRIOR-N.png].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
@@ -320,17 +328,32 @@ def decode(run_dir: str, codes: str, output: str) -> None:
 
 def read_codes(path: str, latent: int) -> tuple[torch.Tensor, list[str]]:
     """Codes and names from an .npz written by ``genkit encode``, checked against the model's latent size."""
+    import zipfile
+
+    require_regular_file(path, "codes file")
+    problem = f"{path} is not a codes file written by genkit encode"
     try:
         with np.load(path, allow_pickle=False) as data:
-            z = torch.from_numpy(data["codes"].astype(np.float32))
-            names = [str(n) for n in data["names"]] if "names" in data else [f"{i:05d}" for i in range(len(z))]
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path} is not a codes file written by genkit encode ({exc})") from None
-    if z.dim() != 2 or z.shape[1] != latent or len(names) != len(z):
-        raise ShapeError(f"{path} holds codes shaped {tuple(z.shape)}; this run's model needs (N, {latent})")
-    return z, names
+            codes = data["codes"]
+            names = data["names"] if "names" in data else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # BadZipFile: truncated or bad CRC
+        raise DataError(f"{problem} ({exc})") from None
+    if codes.dtype.kind not in "fiu" or codes.ndim != 2 or codes.shape[1] != latent:
+        raise ShapeError(f"{path} holds codes {codes.dtype} {codes.shape}; this run's model needs floats (N, {latent})")
+    if len(codes) == 0:
+        raise DataError(f"{path} holds no codes")
+    z = torch.from_numpy(codes.astype(np.float32))
+    if not torch.isfinite(z).all():
+        raise DataError(f"{path} holds NaN or infinite codes")
+    if names is None:
+        return z, [f"{i:05d}" for i in range(len(z))]
+    if names.dtype.kind != "U" or names.shape != (len(z),):
+        raise DataError(f"{problem} (its names are {names.dtype} {names.shape}, not {len(z)} strings)")
+    listed = [str(n) for n in names]
+    bad = next((n for n in listed if "\0" in n or not Path(n).stem), None)
+    if bad is not None:
+        raise DataError(f"{problem} (name {bad!r} cannot be a file name)")
+    return z, listed
 
 
 def _refuse_clashes(stems: list[str], sources: Sequence[str], out: Path, suffix: str) -> None:
@@ -346,10 +369,10 @@ def _refuse_clashes(stems: list[str], sources: Sequence[str], out: Path, suffix:
 
 
 def _check_image_suffix(path: Path) -> None:
-    from PIL import Image
-
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise click.BadParameter(f"{path.name}: give a file name ending in .png or .jpg", param_hint="-o")
+    try:
+        image_format(path)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="-o") from None
 
 
 def _relaunch(nproc: int, argv: list[str]) -> int:
@@ -405,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the environment, not genkit: a full disk, a missing or unwritable folder
         if debug:
             raise
-        _echo_error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        if exc.errno == errno.ENOSPC:
+            message += " (free some space, then run the command again; --resume continues a run)"
+        _echo_error(message)
         return 2
     except (MemoryError, torch.OutOfMemoryError):
         if debug:

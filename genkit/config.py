@@ -13,6 +13,15 @@ from genkit.errors import ConfigError
 
 C = TypeVar("C", bound="Config")
 
+#: the largest integer option: every JSON reader holds it exactly, and torch's int64 arithmetic cannot overflow
+MAX_INT = 2**53
+
+
+def _short(value: int) -> str:
+    """An integer as text, shortened when it has too many digits to read."""
+    digits = str(value)
+    return digits if len(digits) <= 20 else f"{digits[:8]}...({len(digits)} digits)"
+
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with a default, a one-line help text (shown by ``genkit info``) and optional choices."""
@@ -48,8 +57,12 @@ class Config:
             kinds, optional = _allowed(hints.get(f.name))
             if value is None and optional:
                 continue
-            if int in kinds and float not in kinds and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if int in kinds and float not in kinds:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+                if abs(value) > MAX_INT:
+                    bound = "at most 2**53" if value > 0 else "at least -2**53"
+                    raise ConfigError(f"{f.name} must be {bound}, got {_short(value)}")
             if float in kinds:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"{f.name} must be a number, got {value!r}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import torch
 from torch import Tensor
 
 from genkit.errors import DataError
+from genkit.files import require_regular_file
 
 #: Environment variable naming the data root (the folder holding ``MNIST/`` and ``FashionMNIST/``).
 DATA_ENV = "GENKIT_DATA_DIR"
@@ -72,20 +76,24 @@ def _expand(path: str | os.PathLike[str]) -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (gzipped or not); a damaged one is a one-line ``DataError``."""
+    require_regular_file(path, "dataset file")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
+        if raw[:3] != b"\0\0\x08":  # two zero bytes, then the code of unsigned bytes
+            raise ValueError("no IDX header for unsigned bytes")
         dims = raw[3]
         shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
         return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-    except (OSError, EOFError, ValueError, IndexError) as exc:
+    except (OSError, EOFError, ValueError, IndexError, zlib.error) as exc:  # zlib.error: a corrupt deflate stream
         raise DataError(f"{path} is not a readable IDX file ({exc}); delete it to download it again") from None
 
 
 def _find_idx(raw_dir: Path, stem: str) -> Path | None:
     for candidate in (raw_dir / stem, raw_dir / f"{stem}.gz"):
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
     return None
 
@@ -104,6 +112,8 @@ def load_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike[
         if None in paths:
             raise DataError(f"{name} files missing in {raw_dir} after download")
     images, labels = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+    if images.shape[0] == 0:
+        raise DataError(f"{paths[0]} holds no images; delete it to download it again")
     if images.shape[0] != labels.shape[0] or images.ndim != 3:
         raise DataError(f"{raw_dir}: images {images.shape} and labels {labels.shape} do not match")
     tensor = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
@@ -157,19 +167,39 @@ class ImageFolderStream(torch.utils.data.Dataset):
         return torch.stack([self[i][0] for i in range(min(n, len(self)))])
 
 
+@contextmanager
+def _open_image(path: Path) -> Iterator[Any]:
+    """A PIL image with 8 bits per channel, from a regular file; anything unreadable is a one-line ``DataError``.
+
+    16-bit grayscale (Pillow's ``I;16``/``I`` modes) is scaled to 8 bits: converted directly, Pillow clips every
+    value above 255 and a 16-bit picture comes out nearly all white.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    require_regular_file(path, "image")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            img = opened
+            if img.mode.startswith("I"):
+                wide = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    try:
+        yield img
+    finally:
+        img.close()
+
+
 def _read_image(file: Path, image_size: int, channels: int) -> Tensor:
     """One image file as uint8 (C, H, W), converted to ``channels`` and resized; a one-line error otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
-    try:
-        with Image.open(file) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize(
-                (image_size, image_size), Image.Resampling.BILINEAR
-            )
-            return pil_to_tensor(img)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {file}: {exc}") from None
+    with _open_image(file) as img:
+        img = img.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return pil_to_tensor(img)
 
 
 def load_image_folder(
@@ -238,7 +268,6 @@ def load_dataset(
 
 def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -> Tensor:
     """Image files as a (N, C, H, W) batch in [0, 1]; a size or channel mismatch is a ``ShapeError``."""
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
     from genkit.errors import ShapeError
@@ -247,25 +276,20 @@ def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -
         raise DataError("no image files given")
     batch = []
     for path in map(Path, paths):
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB") if img.mode == "P" else img
-                bands = [b for b in img.getbands() if b != "A"]
-                have = 1 if len(bands) == 1 else 3
-                if have == 3 and channels == 1 and _is_gray(img):
-                    have = 1  # an RGB file holding a grayscale picture
-                if have != channels or img.size != (image_size, image_size):
-                    kind = {1: "grayscale", 3: "RGB"}
-                    want = kind.get(channels, f"{channels}-channel")
-                    raise ShapeError(
-                        f"{path} is {img.size[0]}x{img.size[1]} {kind[have]}, but the model takes "
-                        f"{image_size}x{image_size} {want} images: convert it first"
-                    )
-                batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
-        except FileNotFoundError:
-            raise DataError(f"image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+        with _open_image(path) as img:
+            img = img.convert("RGB") if img.mode == "P" else img
+            bands = [b for b in img.getbands() if b != "A"]
+            have = 1 if len(bands) == 1 else 3
+            if have == 3 and channels == 1 and _is_gray(img):
+                have = 1  # an RGB file holding a grayscale picture
+            if have != channels or img.size != (image_size, image_size):
+                kind = {1: "grayscale", 3: "RGB"}
+                want = kind.get(channels, f"{channels}-channel")
+                raise ShapeError(
+                    f"{path} is {img.size[0]}x{img.size[1]} {kind[have]}, but the model takes "
+                    f"{image_size}x{image_size} {want} images: convert it first"
+                )
+            batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
     return torch.stack(batch).float().div_(255.0)
 
 

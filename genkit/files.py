@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from genkit.errors import DataError, GenkitError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], parents: bool = True) -> None:
@@ -24,8 +27,44 @@ def atomic_write(path: Path, write: Callable[[Path], None], parents: bool = True
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_folder(path.parent)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes, parents: bool = True) -> None:
+    """``atomic_write`` of bytes made in memory first: a full disk then fails as an ``OSError`` (ENOSPC).
+
+    (Serialisers that write files themselves, like ``torch.save``, report a full disk as their own error types.)
+    """
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), parents=parents)
+
+
+def require_regular_file(
+    path: str | os.PathLike[str], what: str = "file", error: type[GenkitError] = DataError, missing_ok: bool = False
+) -> Path:
+    """``path`` if it is a regular file; else ``error`` in one line (a named pipe would block the reader forever).
+
+    ``missing_ok`` leaves a missing file to the caller, whose own message can say more than "does not exist".
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return path
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the name
+        raise error(f"{what} name {str(path)!r} contains a NUL character") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise error(f"{what} {path} is {kind}: give a regular file")
+    return path
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -50,6 +89,6 @@ def image_format(path: str | os.PathLike[str]) -> str:
 
     suffix = Path(path).suffix.lower()
     formats = Image.registered_extensions()
-    if suffix not in formats:
+    if suffix not in formats or formats[suffix] not in Image.SAVE:  # e.g. .psd: Pillow reads it but cannot write it
         raise ValueError(f"{Path(path).name}: give a file name ending in .png or .jpg")
     return formats[suffix]

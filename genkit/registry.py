@@ -66,10 +66,34 @@ def _distribution_name(ep: metadata.EntryPoint) -> str:
     return name if isinstance(name, str) and name else "unknown"  # a distribution without a Name
 
 
+_IMPORT_THREAD = "genkit-import-"
+
+
+class ExitCalled(BaseException):
+    """What ``os._exit`` raises in a plugin-import thread instead of ending the process."""
+
+
+def _guard_os_exit() -> None:
+    """Make ``os._exit`` called by a module being imported in a plugin-import thread raise instead of ending the
+    process (once, for good; any other caller still gets the real ``os._exit``)."""
+    real = os._exit
+    if getattr(real, "genkit_guard", False):
+        return
+
+    def guarded(status: int) -> None:
+        if threading.current_thread().name.startswith(_IMPORT_THREAD):
+            raise ExitCalled(f"os._exit({status})")
+        real(status)
+
+    guarded.genkit_guard = True  # type: ignore[attr-defined]
+    os._exit = guarded  # type: ignore[assignment]
+
+
 def _import(info: PluginInfo) -> Any:
-    """Import a plugin's object in a helper thread, so that a module that raises ``SystemExit`` or waits forever
-    at import is reported as a failed plugin (after ``IMPORT_TIMEOUT`` seconds) instead of ending or hanging
-    genkit. (A module that calls ``os._exit`` still ends the process: nothing in-process can stop that.)"""
+    """Import a plugin's object in a helper thread, so that a module that exits (``SystemExit``, ``os._exit``)
+    or waits forever at import is reported as a failed plugin (after ``IMPORT_TIMEOUT`` seconds) instead of
+    ending or hanging genkit."""
+    _guard_os_exit()
     result: dict[str, Any] = {}
 
     def target() -> None:
@@ -78,7 +102,7 @@ def _import(info: PluginInfo) -> Any:
         except BaseException as exc:
             result["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"genkit-import-{info.name}", daemon=True)
+    thread = threading.Thread(target=target, name=f"{_IMPORT_THREAD}{info.name}", daemon=True)
     thread.start()
     thread.join(float(os.environ.get(TIMEOUT_ENV) or IMPORT_TIMEOUT))
     if thread.is_alive():

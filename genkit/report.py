@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torchvision.utils import save_image
 
 from genkit.data import ImageData
+from genkit.errors import ConfigError
 from genkit.files import atomic_write, image_format
 from genkit.model import Model
 from genkit.noise import NoiseTransform
@@ -82,10 +84,18 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
     return centred @ v[:, :2], "PC"
 
 
+#: the most samples one grid holds (100 x 100 images); more would be an image no viewer opens
+MAX_SAMPLES = 10_000
+
+
 @torch.no_grad()
-def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0) -> None:
+def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0, chunk: int = 500) -> None:
+    """``n`` samples as a square-ish grid, decoded ``chunk`` at a time so that memory stays bounded."""
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ConfigError(f"the number of samples must be between 1 and {MAX_SAMPLES}, got {n}")
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    save_grid(model.sample(n, generator), path)
+    images = torch.cat([model.sample(min(chunk, n - i), generator).cpu() for i in range(0, n, chunk)])
+    save_grid(images, path, nrow=max(8, math.ceil(math.sqrt(n))))
 
 
 def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -> None:

@@ -182,9 +182,8 @@ def test_images_that_do_not_fit_the_trained_model(folders, tmp_path, capsys):
 def test_codes_that_do_not_fit_the_trained_model(folders, tmp_path, capsys):
     run = folders["run"]
     np.savez(tmp_path / "wide.npz", codes=np.zeros((3, 5), dtype=np.float16))
-    fails_with(
-        capsys, ["decode", run, tmp_path / "wide.npz"], "holds codes shaped (3, 5); this run's model needs (N, 2)"
-    )
+    says = "holds codes float16 (3, 5); this run's model needs floats (N, 2)"
+    fails_with(capsys, ["decode", run, tmp_path / "wide.npz"], says)
     np.savez(tmp_path / "objects.npz", codes=np.array([{"a": 1}], dtype=object))
     fails_with(capsys, ["decode", run, tmp_path / "objects.npz"], "is not a codes file written by genkit encode")
 
