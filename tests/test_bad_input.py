@@ -56,7 +56,8 @@ RUN_VALUES = {
     "lr-nan": (["--lr", "nan"], "lr must be finite, got nan"),
     "lr-inf": (["--lr", "inf"], "lr must be finite, got inf"),
     "latent-text": (["--latent", "ten"], "Invalid value for '--latent': 'ten' is not a valid integer"),
-    "seed-huge": (["--seed", str(2**70)], "seed must be an integer between -2**40 and 2**40"),
+    "seed-huge": (["--seed", str(2**70)], "seed must be at most 2**53"),
+    "seed-large": (["--seed", str(2**41)], "seed must be an integer between -2**40 and 2**40"),
     "seed-text": (["--seed", "abc"], "Invalid value for '--seed': 'abc' is not a valid integer."),
     "device-meta": (["--device", "meta"], "unknown device 'meta': use auto, cpu, cuda, cuda:N or mps"),
     "device-garbage": (["--device", "cuda:x"], "unknown device 'cuda:x'"),
@@ -71,7 +72,7 @@ RUN_VALUES = {
     "set-zero": (["--set", "channels=0"], "channels must be positive, got 0"),
     "set-text": (["--set", "channels=abc"], "channels must be an integer, got 'abc'"),
     "set-inf": (["--set", "hidden=1e400"], "hidden must be an integer, got inf"),
-    "set-huge": (["--set", f"hidden={10**20}"], "genkit[conv]: failed to build: TypeError"),
+    "set-huge": (["--set", f"hidden={10**20}"], "encoder conv: hidden must be at most 2**53"),
     "set-size": (
         ["--set", "image_size=30"],
         "image_size must be a multiple of 4 for the conv encoder and decoder, got 30",

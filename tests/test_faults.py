@@ -228,26 +228,27 @@ def test_resume_removes_only_temporary_files_of_killed_saves(run_copy):
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(images, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     saves = []
-    real_save = torch.save
+    real_write = Path.write_bytes
 
-    def full_disk(obj, f, *args, **kwargs):
-        saves.append(f)
-        if len(saves) == 2:  # the checkpoint of epoch 2: the disk fills up half-way
-            Path(f).write_bytes(b"half")
-            raise OSError(errno.ENOSPC, "No space left on device", str(f))
-        return real_save(obj, f, *args, **kwargs)
+    def full_disk(self, data):
+        if self.name.startswith(".checkpoint.pt."):
+            saves.append(self)
+            if len(saves) == 2:  # the checkpoint of epoch 2: the disk fills up half-way
+                real_write(self, data[:4])
+                raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write() says it: no file name
+        return real_write(self, data)
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
     code, _, err = cli(capsys, "run", "ae", *TINY_ARGS, "--epochs", "3", "--batch-size", "16", "--quiet",
                        "--dataset", images, "--out", run)  # fmt: skip
     assert code == 2
     line = one_error_line(err)
-    assert line.startswith(f"genkit: error: {run}/.checkpoint.pt.") and line.endswith(": No space left on device")
+    assert line.startswith(f"genkit: error: {run}/checkpoint.pt: No space left on device (free some space")
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     load_model(run)
     assert not list(run.glob(".*.tmp"))
 
-    monkeypatch.setattr(torch, "save", real_save)  # space freed: the run continues
+    monkeypatch.setattr(Path, "write_bytes", real_write)  # space freed: the run continues
     code, out, _ = cli(capsys, "run", "--resume", run, "--quiet")
     assert code == 0 and "after epoch 1 of 3" in out
 
