@@ -15,6 +15,13 @@ from genkit.parts import Batch, Decoder, Encoder, Loss, LossOutput, ModelOutput,
 PART_KINDS = ("encoder", "decoder", "prior", "loss")
 
 
+def doc_summary(obj: Any) -> str:
+    """The first line of ``obj``'s docstring; "" when it has none (or a plugin set ``__doc__`` to a non-string)."""
+    doc = getattr(obj, "__doc__", None)
+    doc = doc.strip() if isinstance(doc, str) else ""
+    return doc.splitlines()[0] if doc else ""
+
+
 @dataclass(frozen=True)
 class Preset:
     """A model registered as a named composition of parts (by registry name) with default options.
@@ -66,8 +73,7 @@ class Model(nn.Module):
     @classmethod
     def describe(cls) -> str:
         """The first line of the model's docstring."""
-        doc = cls.__doc__ if isinstance(cls.__doc__, str) else ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        return doc_summary(cls)
 
     def part(self, kind: str) -> nn.Module:
         """The part of ``kind`` (encoder, decoder, prior or loss)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from genkit.config import ModelConfig
 from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
-from genkit.model import Model, Preset
+from genkit.model import Model, Preset, doc_summary
 from genkit.noise import NoiseTransform
 from genkit.parts import Decoder, Encoder, Loss, Part, Prior
 
@@ -129,11 +129,13 @@ class Registry:
         self._found: dict[str, list[PluginInfo]] | None = None
         self._local: dict[str, PluginInfo] = {}
         self._loaded: dict[str, Any] = {}
+        self._failed: dict[str, FailedPlugin] = {}  # so that a plugin that hangs costs its wait once
 
     def refresh(self) -> None:
         """Forget what was found and loaded (after installing a package at run time)."""
         self._found = None
         self._loaded.clear()
+        self._failed.clear()
 
     def _find(self) -> dict[str, list[PluginInfo]]:
         if self._found is None:
@@ -160,6 +162,7 @@ class Registry:
     def unregister(self, name: str) -> None:
         self._local.pop(name, None)
         self._loaded.pop(name, None)
+        self._failed.pop(name, None)
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Sorted plugin names, optionally filtered by an fnmatch ``pattern`` (e.g. ``"*vae*"``)."""
@@ -182,20 +185,36 @@ class Registry:
 
     def load(self, name: str) -> Any:
         """Import the plugin (once) and check that it is a subclass of the registry's base."""
+        if name in self._failed:
+            raise self._failed[name]
         if name not in self._loaded:
             info = self.info(name)
-            if not VALID_NAME.fullmatch(name):
-                raise FailedPlugin(info, f"{name!r} is not a valid plugin name: use letters, digits, '-', '_', '.'")
-            obj = _import(info)
-            if not (isinstance(obj, type) and issubclass(obj, self.base)) and not (
-                self.instance_of is not None and isinstance(obj, self.instance_of)
-            ):
-                what = f"{self.base.__module__}.{self.base.__name__}"
-                if self.instance_of is not None:
-                    what += f" nor a {self.instance_of.__module__}.{self.instance_of.__name__}"
-                raise FailedPlugin(info, f"{info.target} is not a subclass of {what}")
-            self._loaded[name] = obj
+            try:
+                self._loaded[name] = self._checked(info, name)
+            except FailedPlugin as exc:
+                self._failed[name] = exc
+                raise
         return self._loaded[name]
+
+    def _checked(self, info: PluginInfo, name: str) -> Any:
+        if not VALID_NAME.fullmatch(name):
+            raise FailedPlugin(info, f"{name!r} is not a valid plugin name: use letters, digits, '-', '_', '.'")
+        obj = _import(info)
+        if not (isinstance(obj, type) and issubclass(obj, self.base)) and not (
+            self.instance_of is not None and isinstance(obj, self.instance_of)
+        ):
+            what = f"{self.base.__module__}.{self.base.__name__}"
+            if self.instance_of is not None:
+                what += f" nor a {self.instance_of.__module__}.{self.instance_of.__name__}"
+            raise FailedPlugin(info, f"{info.target} is not a subclass of {what}")
+        return obj
+
+    def name_of(self, obj: Any) -> str | None:
+        """The name ``obj`` is registered under, or None; loads the other plugins only if none loaded so far is it."""
+        for name, loaded in self._loaded.items():
+            if loaded is obj:
+                return name
+        return next((info.name for info, loaded in self.status() if loaded is obj), None)
 
     def status(self) -> list[tuple[PluginInfo, Any | FailedPlugin]]:
         """Every plugin with its loaded object, or the error that loading it raised."""
@@ -231,11 +250,7 @@ def get_model_class(name: str) -> type[Model] | Preset:
 
 def describe(obj: Any) -> str:
     """The one-line description of a registered object (a preset's, or its docstring's first line)."""
-    if isinstance(obj, Preset):
-        return obj.description
-    doc = getattr(obj, "__doc__", None)
-    doc = doc.strip() if isinstance(doc, str) else ""
-    return doc.splitlines()[0] if doc else ""
+    return obj.description if isinstance(obj, Preset) else doc_summary(obj)
 
 
 def build_part(kind: str, name: str, options: dict[str, Any] | None = None, dims: ModelConfig | None = None) -> Any:
@@ -255,12 +270,7 @@ def build_part(kind: str, name: str, options: dict[str, Any] | None = None, dims
 
 def part_name(kind: str, part: Any) -> str | None:
     """The registry name of ``part``'s class among the ``kind`` plugins, or None if it is not registered."""
-    if getattr(part, "name", ""):
-        return part.name
-    for info, obj in PARTS[kind].status():
-        if obj is type(part):
-            return info.name
-    return None
+    return getattr(part, "name", "") or PARTS[kind].name_of(type(part))
 
 
 def get_encoder(name: str, dims: ModelConfig | None = None, **options: Any) -> Encoder:

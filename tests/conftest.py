@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -115,3 +116,11 @@ def image_folder(tmp_path, tiny_images) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         save_image(image, folder / f"{i:03d}.png")
     return root
+
+
+def pip_install_beside(package: Path, target: Path) -> dict[str, str]:
+    """Install ``package`` with pip into ``target`` (genkit stays where it is); the environment of a process
+    that has it installed."""
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"]
+    subprocess.run([*pip, str(target), str(package)], check=True, capture_output=True)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}

@@ -1,37 +1,18 @@
 """The example third-party plugin, installed for real with pip into a separate folder."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pip_install_beside
 
 PLUGIN = ROOT / "plugins" / "example-mlp-vae"
 
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(PLUGIN),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
-    return env
+    return pip_install_beside(PLUGIN, tmp_path_factory.mktemp("site"))
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ like genkit's own, and a built-in model trains with them.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from safetensors import safe_open
 
 from genkit import registry
 from genkit.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pip_install_beside
 
 PLUGIN = ROOT / "plugins" / "example-parts"
 DISTRIBUTION = "genkit-example-parts"
@@ -33,23 +32,20 @@ REGISTRIES = (registry.models, *registry.PARTS.values(), registry.noise)
 
 @pytest.fixture(scope="module")
 def parts_site(tmp_path_factory):
-    """A folder the package is installed into by pip (beside genkit, which stays where it is)."""
+    """A folder the package is installed into by pip, and the environment of a process that has it installed."""
     target = tmp_path_factory.mktemp("site")
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"]
-    subprocess.run([*pip, str(target), str(PLUGIN)], check=True, capture_output=True)
-    return target
+    return target, pip_install_beside(PLUGIN, target)
 
 
 @pytest.fixture
 def installed_parts(parts_site):
-    """The environment of a process that has the package installed."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(parts_site), os.environ.get("PYTHONPATH", "")])}
+    return parts_site[1]
 
 
 @pytest.fixture
 def parts_in_process(parts_site, monkeypatch):
     """This process with the package installed: on sys.path, registries refreshed before and after."""
-    monkeypatch.syspath_prepend(str(parts_site))
+    monkeypatch.syspath_prepend(str(parts_site[0]))
     for reg in REGISTRIES:
         reg.refresh()
     yield
