@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,9 +166,8 @@ class ImageFolderStream(torch.utils.data.Dataset):
         return torch.stack([self[i][0] for i in range(min(n, len(self)))])
 
 
-@contextmanager
-def _open_image(path: Path) -> Iterator[Any]:
-    """A PIL image with 8 bits per channel, from a regular file; anything unreadable is a one-line ``DataError``.
+def _open_image(path: Path) -> Any:
+    """A loaded PIL image with 8 bits per channel, from a regular file; anything unreadable is a ``DataError``.
 
     16-bit grayscale (Pillow's ``I;16``/``I`` modes) is scaled to 8 bits: converted directly, Pillow clips every
     value above 255 and a 16-bit picture comes out nearly all white.
@@ -178,18 +176,18 @@ def _open_image(path: Path) -> Iterator[Any]:
 
     require_regular_file(path, "image")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            img = opened
-            if img.mode.startswith("I"):
-                wide = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+        with warnings.catch_warnings():
+            # Pillow warns (in three lines) between 1x and 2x its pixel limit and refuses above 2x: the refusal
+            # is enough
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()  # reads the pixels and closes the file
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
-    try:
-        yield img
-    finally:
-        img.close()
+    if img.mode.startswith("I"):
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    return img
 
 
 def _read_image(file: Path, image_size: int, channels: int) -> Tensor:
@@ -197,9 +195,8 @@ def _read_image(file: Path, image_size: int, channels: int) -> Tensor:
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
-    with _open_image(file) as img:
-        img = img.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return pil_to_tensor(img)
+    img = _open_image(file).convert("L" if channels == 1 else "RGB")
+    return pil_to_tensor(img.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
 def load_image_folder(
@@ -276,20 +273,20 @@ def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -
         raise DataError("no image files given")
     batch = []
     for path in map(Path, paths):
-        with _open_image(path) as img:
-            img = img.convert("RGB") if img.mode == "P" else img
-            bands = [b for b in img.getbands() if b != "A"]
-            have = 1 if len(bands) == 1 else 3
-            if have == 3 and channels == 1 and _is_gray(img):
-                have = 1  # an RGB file holding a grayscale picture
-            if have != channels or img.size != (image_size, image_size):
-                kind = {1: "grayscale", 3: "RGB"}
-                want = kind.get(channels, f"{channels}-channel")
-                raise ShapeError(
-                    f"{path} is {img.size[0]}x{img.size[1]} {kind[have]}, but the model takes "
-                    f"{image_size}x{image_size} {want} images: convert it first"
-                )
-            batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
+        img = _open_image(path)
+        img = img.convert("RGB") if img.mode == "P" else img
+        bands = [b for b in img.getbands() if b != "A"]
+        have = 1 if len(bands) == 1 else 3
+        if have == 3 and channels == 1 and _is_gray(img):
+            have = 1  # an RGB file holding a grayscale picture
+        if have != channels or img.size != (image_size, image_size):
+            kind = {1: "grayscale", 3: "RGB"}
+            want = kind.get(channels, f"{channels}-channel")
+            raise ShapeError(
+                f"{path} is {img.size[0]}x{img.size[1]} {kind[have]}, but the model takes "
+                f"{image_size}x{image_size} {want} images: convert it first"
+            )
+        batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
     return torch.stack(batch).float().div_(255.0)
 
 

@@ -404,3 +404,21 @@ def test_astronomical_integers_are_refused_before_a_run_folder_exists(image_fold
     err = capsys.readouterr().err
     assert code == 2 and says in err and err.count("\n") == 1
     assert not run.exists()
+
+
+def test_an_image_over_pillows_pixel_limit_gives_no_warning_and_twice_over_is_refused(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from genkit.data import load_images
+    from genkit.errors import DataError
+
+    Image.new("L", (28, 28), 9).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 784 pixels: over the limit, under twice the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_images([tmp_path / "big.png"], 28, 1).shape == (1, 1, 28, 28)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)
+    with pytest.raises(DataError, match="decompression bomb"):
+        load_images([tmp_path / "big.png"], 28, 1)
