@@ -8,31 +8,27 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import torch
 
-from genkit import distributed, registry, report
-from genkit.checkpoint import load_model, read_json
-from genkit.data import DATA_ENV, load_images, save_png
+# Only light modules at the top: torch, numpy and the plugins are imported by the commands that need them,
+# so that --help and usage errors answer at once.
+from genkit.config import DATA_ENV
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
-from genkit.files import atomic_write, image_format, require_regular_file
-from genkit.metrics import psnr
-from genkit.noise import seeded_generator
-from genkit.registry import get_noise
-from genkit.run import check_run, fitted_prior, resume_run, start_run
-from genkit.train import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 SEED = click.IntRange(-(2**40) + 1, 2**40 - 1)
+#: ``--kind`` values: the registry attribute of each plugin group
 KINDS = {
-    "models": registry.models,
-    "encoders": registry.encoders,
-    "decoders": registry.decoders,
-    "priors": registry.priors,
-    "losses": registry.losses,
-    "noise": registry.noise,
+    "models": "models",
+    "encoders": "encoders",
+    "decoders": "decoders",
+    "priors": "priors",
+    "losses": "losses",
+    "noise": "noise",
 }
 #: what may be given with --resume: the rest of a run's settings are recorded and repeated exactly
 RESUME_OPTIONS = {"resume", "epochs", "quiet", "nproc", "data_dir"}
@@ -51,7 +47,9 @@ def cli(debug: bool) -> None:
 @click.option("--kind", type=click.Choice(sorted(KINDS)), default="models", show_default=True, help="Which plugins.")
 def list_cmd(pattern: str | None, kind: str) -> None:
     """List registered plugins (optionally matching a PATTERN such as '*vae*'); broken ones are flagged."""
-    reg = KINDS[kind]
+    from genkit import registry
+
+    reg = getattr(registry, KINDS[kind])
     wanted = set(reg.names(pattern))
     rows = [(info, obj) for info, obj in reg.status() if info.name in wanted]
     if not rows:
@@ -82,9 +80,12 @@ def _option_lines(config: Any, prefix: str) -> list[str]:
 @click.option("--kind", type=click.Choice(sorted(KINDS)), default="models", show_default=True, help="Which plugins.")
 def info(name: str, kind: str) -> None:
     """Describe plugin NAME: what it is, who provides it, its parts and every option with its default."""
-    obj = KINDS[kind].load(name)
+    from genkit import registry
+
+    reg = getattr(registry, KINDS[kind])
+    obj = reg.load(name)
     click.echo(f"{name}: {registry.describe(obj)}")
-    click.echo(f"provided by: {KINDS[kind].info(name).distribution}")
+    click.echo(f"provided by: {reg.info(name).distribution}")
     if kind in PART_OF_KIND:
         part = PART_OF_KIND[kind]
         click.echo(f"options (genkit run MODEL --{part} {name} --set {part}.KEY=VALUE):")
@@ -95,12 +96,12 @@ def info(name: str, kind: str) -> None:
         return
     model = registry.get_model(name, check=False)
     click.echo("parts (swap one with --encoder/--decoder/--prior/--loss NAME):")
-    for part in registry.PARTS:
+    for part in PART_OF_KIND.values():
         click.echo(f"  {part:<8} {model.part(part).name or type(model.part(part)).__name__}")
     click.echo("options (each line works as written after genkit run " + name + "):")
     for line in _option_lines(model.config, ""):
         click.echo(line)
-    for part in registry.PARTS:
+    for part in PART_OF_KIND.values():
         current = model.part(part)
         if getattr(current, "name", ""):
             for line in _option_lines(current.config, f"{part}."):
@@ -122,8 +123,10 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _train_options(**given: Any) -> TrainConfig:
+def _train_options(**given: Any) -> Any:
     """A TrainConfig from CLI values; options not given keep the dataclass defaults."""
+    from genkit.train import TrainConfig
+
     return TrainConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -190,6 +193,11 @@ def run(
     **train: Any,
 ) -> None:
     """Train MODEL and write samples, latent plot, reconstructions, denoising, curves, weights and metrics."""
+    from genkit import distributed
+    from genkit.checkpoint import read_json
+    from genkit.run import check_run, resume_run, start_run
+    from genkit.train import TrainConfig
+
     relaunch = bool(nproc and nproc > 1 and not distributed.launched())
     if relaunch and (train["batch_size"] or TrainConfig.batch_size) % nproc:
         raise ConfigError(f"batch size must be divisible by the {nproc} processes: change --batch-size or --nproc")
@@ -231,10 +239,10 @@ def run(
 @click.option(
     "-n",
     "count",
-    type=click.IntRange(1, report.MAX_SAMPLES),
+    type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="How many samples (one grid image).",
+    help="How many samples (one grid image, at most 10000).",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG grid [default: RUN/samples-PRIOR-N.png].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -245,6 +253,10 @@ def run(
 @click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit a prior).")
 def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str | None, data_dir: str | None) -> None:
     """Draw samples from a trained run's prior into a PNG grid."""
+    from genkit import report
+    from genkit.checkpoint import load_model
+    from genkit.run import fitted_prior
+
     model = load_model(run_dir)
     if prior is not None and prior != model.prior.name:
         click.echo(f"{prior} prior: {fitted_prior(run_dir, model, prior, data_dir)}")
@@ -265,6 +277,12 @@ def sample(run_dir: str, count: int, output: str | None, seed: int, prior: str |
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: str, seed: int) -> None:
     """Denoise IMAGES with a trained run; with --noise, report PSNR before and after."""
+    from genkit.checkpoint import load_model
+    from genkit.data import load_images, save_png
+    from genkit.metrics import psnr
+    from genkit.noise import seeded_generator
+    from genkit.registry import get_noise
+
     model = load_model(run_dir)
     batch = load_images(list(images), model.config.image_size, model.config.image_channels)
     noisy = get_noise(noise)(batch, seeded_generator(seed)) if noise else batch
@@ -288,6 +306,14 @@ def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: st
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="codes.npz", show_default=True)
 def encode(run_dir: str, images: tuple[str, ...], output: str) -> None:
     """Compress IMAGES to latent codes (float16) in an .npz; report the rate and the reconstruction PSNR."""
+    import numpy as np
+    import torch
+
+    from genkit.checkpoint import load_model
+    from genkit.data import load_images
+    from genkit.files import atomic_write
+    from genkit.metrics import psnr
+
     model = load_model(run_dir)
     batch = load_images(list(images), model.config.image_size, model.config.image_channels)
     with torch.no_grad():
@@ -314,6 +340,11 @@ def encode(run_dir: str, images: tuple[str, ...], output: str) -> None:
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="decoded", show_default=True)
 def decode(run_dir: str, codes: str, output: str) -> None:
     """Decode an .npz of latent codes (from genkit encode) back to PNG images."""
+    import torch
+
+    from genkit.checkpoint import load_model
+    from genkit.data import save_png
+
     model = load_model(run_dir)
     z, names = read_codes(codes, model.config.latent)
     out = Path(output)
@@ -329,6 +360,11 @@ def decode(run_dir: str, codes: str, output: str) -> None:
 def read_codes(path: str, latent: int) -> tuple[torch.Tensor, list[str]]:
     """Codes and names from an .npz written by ``genkit encode``, checked against the model's latent size."""
     import zipfile
+
+    import numpy as np
+    import torch
+
+    from genkit.files import require_regular_file
 
     require_regular_file(path, "codes file")
     problem = f"{path} is not a codes file written by genkit encode"
@@ -369,6 +405,8 @@ def _refuse_clashes(stems: list[str], sources: Sequence[str], out: Path, suffix:
 
 
 def _check_image_suffix(path: Path) -> None:
+    from genkit.files import image_format
+
     try:
         image_format(path)
     except ValueError as exc:
@@ -385,6 +423,8 @@ def _relaunch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
+    from genkit import distributed
+
     code = distributed.launch(nproc, args, verbose=_debug_wanted(argv))
     return 2 if code else 0
 
@@ -401,6 +441,8 @@ def _debug_wanted(args: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code; errors become one line on stderr (``--debug`` re-raises)."""
+    from genkit import distributed  # light: it imports torch only when a process group is used
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_wanted(args)
     try:
@@ -433,14 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             message += " (free some space, then run the command again; --resume continues a run)"
         _echo_error(message)
         return 2
-    except (MemoryError, torch.OutOfMemoryError):
-        if debug:
-            raise
-        _echo_error("out of memory: use a smaller --batch-size, model or dataset")
-        return 2
     except Exception as exc:  # a bug, not a user error: still one line, with the way to see more
         if debug:
             raise
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's, not imported here
+            _echo_error("out of memory: use a smaller --batch-size, model or dataset")
+            return 2
         _echo_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 1
     finally:

@@ -13,6 +13,9 @@ from genkit.errors import ConfigError
 
 C = TypeVar("C", bound="Config")
 
+#: Environment variable naming the data root (the folder holding ``MNIST/`` and ``FashionMNIST/``).
+DATA_ENV = "GENKIT_DATA_DIR"
+
 #: the largest integer option: every JSON reader holds it exactly, and torch's int64 arithmetic cannot overflow
 MAX_INT = 2**53
 

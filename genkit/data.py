@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genkit.config import DATA_ENV
 from genkit.errors import DataError
 from genkit.files import require_regular_file
 
-#: Environment variable naming the data root (the folder holding ``MNIST/`` and ``FashionMNIST/``).
-DATA_ENV = "GENKIT_DATA_DIR"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 _IDX_FILES = {

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
-
-import torch
-import torch.distributed as dist
+import sys
+from typing import TYPE_CHECKING, Any
 
 from genkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _dist() -> Any:
+    """``torch.distributed``, imported when first needed (the CLI's error handling asks ``active()`` early)."""
+    import torch.distributed
+
+    return torch.distributed
 
 
 def launched() -> bool:
@@ -22,20 +30,20 @@ def launched() -> bool:
 
 
 def active() -> bool:
-    """True once this process has joined a process group."""
-    return dist.is_available() and dist.is_initialized()
+    """True once this process has joined a process group (never before it imported torch)."""
+    return "torch" in sys.modules and _dist().is_available() and _dist().is_initialized()
 
 
 def rank() -> int:
     """This process's rank: torchrun's, before the group is joined too (0 outside a launched group)."""
     if active():
-        return dist.get_rank()
+        return _dist().get_rank()
     return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def world_size() -> int:
     """Number of processes (1 outside a process group)."""
-    return dist.get_world_size() if active() else 1
+    return _dist().get_world_size() if active() else 1
 
 
 def is_main() -> bool:
@@ -45,14 +53,16 @@ def is_main() -> bool:
 
 def setup(device: str) -> torch.device | None:
     """Join the process group torchrun describes (once); returns this rank's device, or None when not launched."""
+    import torch
+
     if not launched():
         return None
-    if not dist.is_available():
+    if not _dist().is_available():
         raise ConfigError("this PyTorch build has no torch.distributed: run without torchrun/--nproc")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if not active():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        _dist().init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -62,7 +72,7 @@ def setup(device: str) -> torch.device | None:
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (a no-op in a single process)."""
     if active():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        _dist().all_reduce(values, op=_dist().ReduceOp.SUM)
     return values
 
 
@@ -71,20 +81,20 @@ def broadcast(value: Any) -> Any:
     if not active():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier() -> None:
     """Wait for every process (a no-op in a single process)."""
     if active():
-        dist.barrier()
+        _dist().barrier()
 
 
 def shutdown() -> None:
     """Leave the process group (gloo aborts the interpreter at exit if it is left open)."""
     if active():
-        dist.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def launch(nproc: int, args: list[str], verbose: bool = False) -> int:

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -186,3 +190,27 @@ def test_noise_spec_parsing():
     for bad in ("gaussian", "gaussian:abc", ":0.5", "salt-pepper:1.5", "gaussian:-1"):
         with pytest.raises((ConfigError, PluginError)):
             genkit.get_noise(bad)
+
+
+def test_the_package_exports_every_public_name_lazily_and_statically():
+    import ast
+    import importlib
+
+    source = ast.parse(Path(genkit.__file__).read_text())
+    checking = next(n for n in source.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    static = {(node.module, a.name) for node in checking.body for a in node.names}
+    assert static == {(module, name) for name, module in genkit._EXPORTS.items()}  # the two lists agree
+    for name, module in genkit._EXPORTS.items():
+        assert getattr(genkit, name) is getattr(importlib.import_module(module), name)
+    assert set(dir(genkit)) >= set(genkit.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        genkit.nothing  # noqa: B018
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    code = (
+        "import sys; from genkit.cli import main; main(['--help']); main(['run', '--epochs', 'x']); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("False") and "Invalid value for '--epochs'" in result.stderr
