@@ -71,14 +71,26 @@ class CheckpointEveryEpoch(Callback):
         self.saved = trainer.epoch
 
 
-def new_run_dir(model: str, dataset: str, out: str | os.PathLike[str] | None, overwrite: bool) -> Path:
-    """The folder for a new run; an explicit ``out`` that holds files is refused unless ``overwrite``."""
+def new_run_dir(
+    model: str, dataset: str, out: str | os.PathLike[str] | None, overwrite: bool, log: Log = print
+) -> Path:
+    """The folder for a new run; an explicit ``out`` that holds files is refused unless ``overwrite``.
+
+    Without ``out`` it is ``runs/MODEL-DATASET``, numbered ``-2``, ``-3``... past earlier runs, and ``log`` says so:
+    a user who repeats a command may have meant to continue the earlier run.
+    """
     if out is None:
         base = Path("runs") / f"{model}-{Path(dataset).name}"
         candidate, i = base, 1
         while candidate.exists() and any(candidate.iterdir()):
             i += 1
             candidate = base.with_name(f"{base.name}-{i}")
+        if i > 1:
+            earlier = candidate.with_name(f"{base.name}-{i - 1}") if i > 2 else base
+            log(
+                f"{earlier} holds an earlier run, so this new one goes to {candidate} "
+                f"(to train the earlier one further instead: genkit run --resume {earlier} --epochs N)"
+            )
         out = candidate
     run_dir = Path(out)
     _refuse_existing(run_dir, overwrite)
@@ -196,7 +208,7 @@ def start_run(
     )
     # joins the process group when launched by torchrun
     trainer = Trainer(model, train, noise=get_noise(noise) if noise else None)
-    run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite))
+    run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite, log))
     config = {
         **run_config(model),
         "train": train.to_dict(),

@@ -176,3 +176,17 @@ def test_an_ex_post_prior_is_fitted_after_training_and_saved(finished_run, tmp_p
 
     model = load_model(out)
     assert model.prior.name == "gmm" and bool(model.prior.fitted) and model.prior.components == 2
+
+
+def test_repeating_a_command_says_where_the_new_run_goes_and_how_to_resume(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "ae", "--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--quiet"]
+    assert main([*args, "--dataset", str(image_folder)]) == 0
+    assert "earlier run" not in capsys.readouterr().out
+    for number, earlier in ((2, "runs/ae-images"), (3, "runs/ae-images-2")):
+        assert main([*args, "--dataset", str(image_folder)]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first == (
+            f"{earlier} holds an earlier run, so this new one goes to runs/ae-images-{number} "
+            f"(to train the earlier one further instead: genkit run --resume {earlier} --epochs N)"
+        )
