@@ -54,11 +54,6 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     )
 
 
-def _rows(path: Path, rows: list[torch.Tensor]) -> None:
-    """Save equally long rows of images as one grid, one row each."""
-    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
-
-
 @torch.no_grad()
 def latent_codes(model: Model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Posterior means of ``images``, computed in batches on the model's device."""
@@ -118,19 +113,57 @@ def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -
     plt.close(fig)
 
 
+def _labelled_rows(path: Path, rows: list[torch.Tensor], labels: list[str], title: str) -> None:
+    """Equally long rows of images as one picture, each row named on its left, with a title above."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(torch.cat(rows).float().cpu().clamp(0, 1), nrow=rows[0].shape[0], padding=2, pad_value=0.5)
+    plt = _pyplot()
+    height, width = grid.shape[1:]
+    fig, ax = plt.subplots(figsize=(2.2 + width / 60, 0.8 + height / 60), dpi=110)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    row_height = height / len(rows)
+    ax.set_yticks([row_height * (i + 0.5) for i in range(len(rows))], labels)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=9)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def save_reconstructions(model: Model, images: torch.Tensor, path: Path, n: int = 16) -> None:
     x = images[:n].to(model.device)
-    _rows(path, [x, model.reconstruct(x)])
+    title = f"{model.name}: test images and their reconstructions (posterior mean)"
+    _labelled_rows(path, [x, model.reconstruct(x)], ["test image", "reconstruction"], title)
 
 
 @torch.no_grad()
 def save_denoising(
-    model: Model, images: torch.Tensor, noise: NoiseTransform, path: Path, n: int = 16, seed: int = 0
+    model: Model,
+    images: torch.Tensor,
+    noise: NoiseTransform,
+    path: Path,
+    n: int = 16,
+    seed: int = 0,
+    trained_on: str | None = None,
 ) -> None:
+    """Clean, noisy and denoised rows; the title says whether the model was trained as a denoiser (``trained_on``
+    names its training noise): one that was not reconstructs the noise too, which is no bug."""
     x = images[:n].to(model.device)
     noisy = noise(x, torch.Generator(device=model.device).manual_seed(seed))
-    _rows(path, [x, noisy, model.reconstruct(noisy)])
+    if trained_on:
+        title = f"{model.name}, trained as a denoiser on {trained_on}: test images with {noise.spec} noise"
+    else:
+        title = (
+            f"{model.name} was not trained as a denoiser (genkit run --noise SPEC trains one): "
+            f"it reconstructs the {noise.spec} noise too"
+        )
+    labels = ["clean", f"noisy ({noise.spec})", "model output"]
+    _labelled_rows(path, [x, noisy, model.reconstruct(noisy)], labels, title)
 
 
 @torch.no_grad()
@@ -142,12 +175,17 @@ def save_interpolation(model: Model, images: torch.Tensor, path: Path, steps: in
         z = model.encode(ends).mean
         t = torch.linspace(0, 1, steps, device=z.device)[:, None]
         rows.append(torch.cat([ends[:1], model.decode((1 - t) * z[0] + t * z[1]), ends[1:]]))
-    _rows(path, rows)
+    title = f"{model.name}: decoded walks in latent space between two test images (shown at both ends)"
+    _labelled_rows(path, rows, [f"pair {i + 1}" for i in range(len(rows))], title)
 
 
 def save_loss_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """One panel per loss term (the total first, then in the loss's own order), train and test per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in history]
-    terms = sorted({k[len("train_") :] for r in history for k in r if k.startswith("train_") and k != "train_seconds"})
+    found = [k[len("train_") :] for r in history for k in r if k.startswith("train_") and k != "train_seconds"]
+    terms = sorted(dict.fromkeys(found), key=lambda term: term != "loss")  # stable: "loss" (the total) first
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.4), dpi=110, squeeze=False)
     for ax, term in zip(axes[0], terms, strict=True):
@@ -155,7 +193,9 @@ def save_loss_curves(history: list[dict[str, Any]], path: Path) -> None:
             values = [r.get(f"{split}_{term}") for r in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, ms=3, label=split)
-        ax.set(title=term, xlabel="epoch")
+        name = "total loss" if term == "loss" else term
+        ax.set(title=name, xlabel="epoch", ylabel=f"{name} per image")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
     _save_figure(fig, path)
@@ -163,9 +203,14 @@ def save_loss_curves(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_pictures(
-    model: Model, test: ImageData, history: list[dict[str, Any]], noise: NoiseTransform, out: Path
+    model: Model,
+    test: ImageData,
+    history: list[dict[str, Any]],
+    noise: NoiseTransform,
+    out: Path,
+    trained_on: str | None = None,
 ) -> list[Path]:
-    """Write every picture of a run into ``out``; returns their paths."""
+    """Write every picture of a run into ``out``; returns their paths. ``trained_on``: the training noise."""
     model.eval()
     paths = {
         name: out / f"{name}.png"
@@ -174,7 +219,7 @@ def write_pictures(
     save_samples(model, paths["samples"])
     save_latent_plot(model, test, paths["latent"])
     save_reconstructions(model, test.images, paths["reconstructions"])
-    save_denoising(model, test.images, noise, paths["denoising"])
+    save_denoising(model, test.images, noise, paths["denoising"], trained_on=trained_on)
     if len(test) >= 2:
         save_interpolation(model, test.images, paths["interpolation"])
     else:

@@ -368,7 +368,7 @@ def _train_and_report(
         save_weights(model, run_dir / WEIGHTS_FILE)
         log(f"fitted the {model.prior.name or 'prior'} prior to the training codes")
     write_json(run_dir / METRICS_FILE, metrics)
-    report.write_pictures(model, test, history, noise, run_dir)
+    report.write_pictures(model, test, history, noise, run_dir, trained_on=config["data"].get("noise"))
     if final:
         log(
             f"done: test MSE {final['mse']:.5f}, PSNR {final['psnr_noisy']:.1f} dB noisy -> "

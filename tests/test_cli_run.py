@@ -190,3 +190,44 @@ def test_repeating_a_command_says_where_the_new_run_goes_and_how_to_resume(image
             f"{earlier} holds an earlier run, so this new one goes to runs/ae-images-{number} "
             f"(to train the earlier one further instead: genkit run --resume {earlier} --epochs N)"
         )
+
+
+def test_pictures_name_their_rows_and_say_what_the_model_was_trained_for(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    import genkit
+    from genkit import report
+
+    model = genkit.get_model("ae", latent=2, channels=4, hidden=16).eval()
+    images = torch.rand(4, 1, 28, 28)
+    noise = genkit.get_noise("gaussian:0.5")
+    with mock.patch.object(report, "_labelled_rows") as rows:
+        report.save_denoising(model, images, noise, tmp_path / "a.png")
+        report.save_denoising(model, images, noise, tmp_path / "b.png", trained_on="gaussian:0.3")
+        report.save_reconstructions(model, images, tmp_path / "c.png")
+    (untrained, trained, reconstructions) = [call.args for call in rows.call_args_list]
+    assert untrained[2] == ["clean", "noisy (gaussian:0.5)", "model output"]
+    assert "ae was not trained as a denoiser" in untrained[3] and "--noise" in untrained[3]
+    assert "trained as a denoiser on gaussian:0.3" in trained[3]
+    assert reconstructions[2] == ["test image", "reconstruction"]
+    report.save_denoising(model, images, noise, tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_loss_curves_put_the_total_first_with_whole_epochs_and_labelled_axes(tmp_path, monkeypatch):
+    from genkit import report
+
+    history = [{"epoch": e, "train_kl": 1.0 / e, "train_reconstruction": 9.0 / e, "train_loss": 10.0 / e,
+                "train_seconds": 1.0, "test_loss": 11.0 / e} for e in (1, 2, 3)]  # fmt: skip
+    figures = []
+    real = report._save_figure
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figures.append(fig) or real(fig, path))
+    report.save_loss_curves(history, tmp_path / "loss.png")
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["total loss", "kl", "reconstruction"]
+    assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in axes)
+    assert all(float(t).is_integer() for ax in axes for t in ax.get_xticks())
+    assert (tmp_path / "loss.png").stat().st_size > 1000

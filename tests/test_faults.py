@@ -639,12 +639,12 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
 
 
 def test_internal_error_is_one_line_pointing_at_debug(capsys, monkeypatch):
-    import genkit.cli
+    import genkit.checkpoint
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(genkit.cli, "load_model", bug)
+    monkeypatch.setattr(genkit.checkpoint, "load_model", bug)
     code, _, err = cli(capsys, "sample", "anything")
     assert code == 1
     assert one_error_line(err) == (

@@ -111,7 +111,7 @@ def test_a_failed_codes_write_leaves_the_existing_file_whole(saved_run, tmp_path
         file.write(b"PK half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("genkit.cli.np.savez", full)
+    monkeypatch.setattr("numpy.savez", full)
     assert main(["encode", str(saved_run), str(image), "-o", str(codes)]) == 2
     assert codes.read_bytes() == good and not list(tmp_path.glob(".*.tmp"))
 
@@ -351,7 +351,8 @@ def test_sample_counts_are_capped_and_drawn_in_bounded_chunks(saved_run, tmp_pat
     from genkit.model import Model
 
     assert main(["sample", str(saved_run), "-n", str(report.MAX_SAMPLES + 1), "-o", str(tmp_path / "s.png")]) == 2
-    assert f"1<=x<={report.MAX_SAMPLES}" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+    assert f"must be between 1 and {report.MAX_SAMPLES}, got" in capsys.readouterr().err
+    assert not (tmp_path / "s.png").exists()
     sizes = []
     original = Model.sample
     monkeypatch.setattr(Model, "sample", lambda self, n, g=None: sizes.append(n) or original(self, n, g))
