@@ -107,11 +107,28 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+@dataclass
+class Step:
+    """The optimizer step just taken, as a per-step callback sees it."""
+
+    global_step: int  #: steps taken since training began, over all epochs (1 after the first)
+    epoch: int  #: the (1-based) epoch the step belongs to
+    progress: float  #: epochs done, with the fraction of this one
+    lr: float
+    images: int  #: images in this process's batch
+    #: the batch's mean loss terms, detached and still on the device: reading one (``.item()``) waits for the
+    #: device, so log every N steps rather than every step on a GPU
+    terms: dict[str, torch.Tensor]
+
+
 class Callback:
     """Hooks into training; override what you need."""
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Before the first epoch of ``Trainer.fit``."""
+
+    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+        """After each optimizer step (called only for callbacks that override it)."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """After each epoch, with that epoch's record (losses, test metrics, speed)."""
@@ -274,6 +291,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         show = cfg.progress and distributed.is_main()
+        step_hooks = [c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end]
         bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         with _NonFiniteGuard(self.optimizer, self.device, self.epoch + 1) as guard:
             for step, clean in enumerate(bar):
@@ -287,6 +305,17 @@ class Trainer:
                 loss.backward()
                 guard.check(step, loss)  # on the device: the optimizer itself skips a non-finite step
                 self.optimizer.step()
+                if step_hooks:
+                    done = Step(
+                        self.epoch * count + step + 1,
+                        self.epoch + 1,
+                        progress,
+                        self.learning_rate(progress),
+                        len(clean),
+                        {k: v.detach() for k, v in terms.items()},
+                    )
+                    for callback in step_hooks:
+                        callback.on_step_end(self, done)
                 seen += len(clean)
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float() * len(clean)

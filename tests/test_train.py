@@ -340,3 +340,26 @@ def test_device_name_of_a_cpu_names_its_model_not_only_the_architecture():
               if line.startswith("model name")] if cpuinfo.exists() else []  # fmt: skip
     if models:
         assert name == f"{models[0]} ({platform.machine()})"
+
+
+def test_per_step_callbacks_see_every_step_with_its_terms_and_lr(tiny_images):
+    from genkit.train import Callback, Step
+
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.seen: list[Step] = []
+
+        def on_step_end(self, trainer: Trainer, step: Step) -> None:
+            self.seen.append(step)
+
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=2, channels=4, hidden=16)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, lr_schedule="cosine", progress=False)
+    steps = Steps()
+    Trainer(model, config, callbacks=[steps]).fit(ImageData(tiny_images, torch.zeros(64, dtype=torch.long)))
+    assert [s.global_step for s in steps.seen] == list(range(1, 9))  # 64 images / 16 per batch, two epochs
+    assert [s.epoch for s in steps.seen] == [1] * 4 + [2] * 4
+    assert [s.progress for s in steps.seen] == [i / 4 for i in range(8)]
+    assert steps.seen[0].lr == pytest.approx(1e-3) and steps.seen[-1].lr < steps.seen[0].lr  # cosine decay
+    assert all(s.images == 16 and set(s.terms) == {"reconstruction", "kl"} for s in steps.seen)
+    assert not any(t.requires_grad for s in steps.seen for t in s.terms.values())
