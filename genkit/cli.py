@@ -167,6 +167,7 @@ def _train_options(**given: Any) -> Any:
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on CUDA only; --amp also on the CPU].")
 @click.option("--channels-last", is_flag=True, default=None, help="Channels-last conv weights (faster for conv nets).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard (an extra).")
 @click.option("--nproc", type=click.IntRange(min=1), help="Train with N processes (DDP through torchrun).")
 @click.pass_context
 def run(
@@ -187,6 +188,7 @@ def run(
     limit: int | None,
     stream: bool,
     quiet: bool,
+    tensorboard: bool,
     nproc: int | None,
     noise: str | None,
     kl_warmup: int | None,
@@ -225,6 +227,7 @@ def run(
     options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
     config = _train_options(progress=not quiet, **train)
     where = {"dataset": dataset, "data_dir": data_dir, "out": out, "overwrite": overwrite, "limit": limit}
+    where["tensorboard"] = tensorboard
     where.update(
         stream=stream, noise=noise, parts={"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}
     )

@@ -33,6 +33,7 @@ from genkit.data import ImageData, ImageFolderStream, load_dataset
 from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
+from genkit.tensorboard import LOG_FOLDER, TensorBoardLogger, require_tensorboard
 from genkit.train import Callback, TrainConfig, Trainer, device_name
 
 #: Images a prior is fitted on when the training images are streamed from disk.
@@ -174,8 +175,11 @@ def check_run(
     stream: bool = False,
     noise: str | None = None,
     parts: dict[str, str] | None = None,
+    tensorboard: bool = False,
 ) -> None:
     """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
+    if tensorboard:
+        require_tensorboard()
     _prepare(model_name, model_options, parts, train or TrainConfig(), dataset, data_dir, limit, stream, noise)
     if out is not None:
         _refuse_existing(Path(out), overwrite)
@@ -194,15 +198,19 @@ def start_run(
     noise: str | None = None,
     parts: dict[str, str] | None = None,
     log: Log = print,
+    tensorboard: bool = False,
 ) -> Path:
     """Train ``model_name`` from scratch and write a run folder; returns its path.
 
     ``parts`` chooses other parts by registry name (``{"prior": "vamp", "loss": "iwae"}``) and ``model_options``
     sets model and part options (``{"latent": 16, "loss.k": 5}``), as for ``genkit.get_model``. ``noise`` (a spec
     such as ``gaussian:0.5``) trains a denoiser. ``stream`` reads an image folder's training images from disk
-    every epoch instead of holding them in memory.
+    every epoch instead of holding them in memory. ``tensorboard`` also writes TensorBoard logs under
+    ``RUN/tensorboard`` (the ``tensorboard`` package is an extra).
     """
     train = train or TrainConfig()
+    if tensorboard:
+        require_tensorboard()  # before anything is written
     model, train_data, test_data = _prepare(
         model_name, model_options, parts, train, dataset, data_dir, limit, stream, noise
     )
@@ -213,6 +221,7 @@ def start_run(
         **run_config(model),
         "train": train.to_dict(),
         "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise},
+        "logging": {"tensorboard": tensorboard},
     }
     with _held(run_dir):
         if distributed.is_main():
@@ -300,7 +309,7 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
         remove_stale_temporaries(run)  # left by a process killed while saving
         save_weights(model, run / WEIGHTS_FILE)  # the checkpoint is the truth: repair lagging or damaged weights
     # recorded as this release writes it (a genkit 0.1 run is upgraded), with the new number of epochs
-    config = {**run_config(model), "train": train.to_dict(), "data": data}
+    config = {**run_config(model), "train": train.to_dict(), "data": data, "logging": _logging(config)}
     if distributed.is_main():
         write_json(run / CONFIG_FILE, config)
     log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}")
@@ -311,6 +320,12 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
 
 def _silent(message: str) -> None:
     """Processes other than the main one print nothing."""
+
+
+def _logging(config: dict[str, Any]) -> dict[str, bool]:
+    """A run's logging settings from its config (none before genkit 0.2; anything but ``true`` is off)."""
+    recorded = config.get("logging")
+    return {"tensorboard": isinstance(recorded, dict) and recorded.get("tensorboard") is True}
 
 
 def _train_and_report(
@@ -335,6 +350,9 @@ def _train_and_report(
     trainer.callbacks += [StopOnNonFiniteWeights(), checkpoint]
     if not distributed.is_main():
         log = _silent
+    elif _logging(config)["tensorboard"]:
+        hparams = {k: config[k] for k in ("model", "model_config", "parts", "train", "data") if k in config}
+        trainer.callbacks.append(TensorBoardLogger(run_dir / LOG_FOLDER, hparams, test.images))
     summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
     started = time.perf_counter()
