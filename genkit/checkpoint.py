@@ -251,12 +251,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def build_model_from_config(config: dict[str, Any], source: Path, check: bool = True) -> Model:
-    """The model a run's ``config.json`` describes (untrained), with the parts it names.
-
-    ``check=False`` skips the compatibility check of the parts, for a finished model whose prior was fitted
-    after training (e.g. a VAE with a ``gmm`` prior, which could not be trained with it).
-    """
+def model_request(config: dict[str, Any], source: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """What ``config`` (a run's ``config.json``, or an experiment file in its format) asks ``get_model`` for:
+    the model name, the parts chosen by name, and the model and part options (``"loss.k"``-style keys)."""
     config = upgrade_config(config)
     try:
         name, options = config["model"], config["model_config"]
@@ -270,21 +267,30 @@ def build_model_from_config(config: dict[str, Any], source: Path, check: bool = 
         prior = config.get("prior")
         if not isinstance(prior, (str, type(None))):
             raise CheckpointError(f"{source} is damaged: prior must be a name or null")
-        chosen = {"prior": prior}
-    else:
-        chosen = {}
-        if not isinstance(parts, dict) or set(parts) - set(PART_KINDS):
-            raise CheckpointError(f"{source} is damaged: parts must map {', '.join(PART_KINDS)} to a name and options")
-        for kind, entry in parts.items():
-            if (
-                not isinstance(entry, dict)
-                or not isinstance(entry.get("name"), (str, type(None)))
-                or not isinstance(entry.get("options", {}), dict)
-            ):
-                raise CheckpointError(f"{source} is damaged: parts.{kind} must hold a name (or null) and options")
-            if entry["name"]:
-                chosen[kind] = entry["name"]
-                options.update({f"{kind}.{key}": value for key, value in entry.get("options", {}).items()})
+        return name, {"prior": prior} if prior else {}, options
+    chosen = {}
+    if not isinstance(parts, dict) or set(parts) - set(PART_KINDS):
+        raise CheckpointError(f"{source} is damaged: parts must map {', '.join(PART_KINDS)} to a name and options")
+    for kind, entry in parts.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), (str, type(None)))
+            or not isinstance(entry.get("options", {}), dict)
+        ):
+            raise CheckpointError(f"{source} is damaged: parts.{kind} must hold a name (or null) and options")
+        if entry["name"]:
+            chosen[kind] = entry["name"]
+            options.update({f"{kind}.{key}": value for key, value in entry.get("options", {}).items()})
+    return name, chosen, options
+
+
+def build_model_from_config(config: dict[str, Any], source: Path, check: bool = True) -> Model:
+    """The model a run's ``config.json`` describes (untrained), with the parts it names.
+
+    ``check=False`` skips the compatibility check of the parts, for a finished model whose prior was fitted
+    after training (e.g. a VAE with a ``gmm`` prior, which could not be trained with it).
+    """
+    name, chosen, options = model_request(config, source)
     try:
         model = get_model(name, **chosen, **options, check=check)
     except (GenkitError, TypeError) as exc:

@@ -30,6 +30,7 @@ KINDS = {
     "losses": "losses",
     "noise": "noise",
 }
+COMMAND_LINE = click.core.ParameterSource.COMMANDLINE
 #: what may be given with --resume: the rest of a run's settings are recorded and repeated exactly
 RESUME_OPTIONS = {"resume", "epochs", "quiet", "nproc", "data_dir"}
 PART_OF_KIND = {"encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss"}
@@ -132,6 +133,12 @@ def _train_options(**given: Any) -> Any:
 
 @cli.command()
 @click.argument("model", required=False)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="An experiment file (TOML, JSON, YAML) or a run's config.json; the options given here override it.",
+)
 @click.option("--latent", type=click.IntRange(min=1), help="Size of the latent code.")
 @click.option("--beta", type=click.FloatRange(min=0), help="Weight of the KL term (the loss's beta option).")
 @click.option("--encoder", help="Encoder by registry name (genkit list --kind encoders).")
@@ -173,6 +180,7 @@ def _train_options(**given: Any) -> Any:
 def run(
     ctx: click.Context,
     model: str | None,
+    config_file: str | None,
     latent: int | None,
     beta: float | None,
     encoder: str | None,
@@ -208,8 +216,7 @@ def run(
         given = [
             param.opts[0] if isinstance(param, click.Option) else param.name.upper()
             for param in ctx.command.params
-            if param.name not in RESUME_OPTIONS
-            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+            if param.name not in RESUME_OPTIONS and ctx.get_parameter_source(param.name) == COMMAND_LINE
         ]
         if given:
             raise click.UsageError(
@@ -221,16 +228,27 @@ def run(
             ctx.exit(_relaunch(nproc, ctx.obj["argv"]))
         resume_run(resume, epochs=train["epochs"], data_dir=data_dir, progress=False if quiet else None)
         return
-    if not model:
-        raise click.UsageError("name a MODEL (see genkit list) or give --resume RUN_DIR")
     flags = {"latent": latent, "beta": beta, "loss.kl_warmup": kl_warmup}
     options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
-    config = _train_options(progress=not quiet, **train)
-    where = {"dataset": dataset, "data_dir": data_dir, "out": out, "overwrite": overwrite, "limit": limit}
-    where["tensorboard"] = tensorboard
-    where.update(
-        stream=stream, noise=noise, parts={"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}
-    )
+    chosen = {"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}
+    parts = {kind: name for kind, name in chosen.items() if name}
+    where = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise}
+    if config_file:
+        from genkit.experiment import read_experiment
+
+        experiment = read_experiment(config_file)
+        given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) == COMMAND_LINE}
+        model = model or experiment.model
+        # a part swapped on the command line starts from its own defaults, not the file's part's options
+        kept = {k: v for k, v in experiment.options.items() if k.partition(".")[0] not in parts}
+        options, parts = {**kept, **options}, {**experiment.parts, **parts}
+        train = {**experiment.train, **{k: v for k, v in train.items() if v is not None}}
+        where.update({k: v for k, v in experiment.data.items() if k not in given and v is not None})
+        tensorboard = tensorboard or experiment.tensorboard
+    if not model:
+        raise click.UsageError("name a MODEL (see genkit list), give --config FILE, or --resume RUN_DIR")
+    config = _train_options(**{**train, "progress": not quiet})
+    where.update(out=out, overwrite=overwrite, parts=parts, tensorboard=tensorboard)
     if relaunch:
         check_run(model, options, config, **where)  # user errors: one line here, not one per process
         ctx.exit(_relaunch(nproc, ctx.obj["argv"]))
