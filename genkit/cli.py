@@ -255,6 +255,42 @@ def run(
     start_run(model, options, config, **where)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("model")
+@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2,...", help="An option and its values (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), help="Sweep folder [default: sweeps/MODEL-KEYS].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs trained at once.")
+@click.pass_context
+def sweep(ctx: click.Context, model: str, grids: tuple[str, ...], out: str | None, jobs: int) -> None:
+    """Train MODEL once per point of the --grid options (any other genkit run option applies to every run),
+    then compare them. Run it again to continue a sweep that was stopped: finished runs are kept."""
+    from genkit import sweep as sweeps
+
+    grid = sweeps.parse_grid(grids)
+    folder = Path(out or Path("sweeps") / f"{model}-{'-'.join(grid)}")
+    run_args = list(ctx.args)
+    bad = [a for a in run_args if a in ("--out", "--resume", "--config") or a.startswith(("--out=", "--resume="))]
+    if bad:
+        raise click.UsageError(f"{bad[0]} cannot be given to a sweep: each point's run folder is SWEEP/POINT")
+    runs = len(sweeps.points(grid))
+    click.echo(f"sweeping {model} over {', '.join(grid)}: {runs} runs into {folder}")
+    sweeps.run_sweep(model, grid, run_args, folder, jobs, log=click.echo)
+    sweeps.compare([str(folder)], folder, log=click.echo)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Where to write [default: the sweep, or compare/].")
+@click.option("--fid", "fid_samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also score N samples of each run by FID (pytorch-fid; cached in RUN/eval.json).")  # fmt: skip
+def compare(runs: tuple[str, ...], out: str | None, fid_samples: int) -> None:
+    """Compare finished RUNS (run folders, or a sweep folder): a table, plots of each metric against each
+    option that differs between them, and their samples side by side."""
+    from genkit import sweep as sweeps
+
+    sweeps.compare(list(runs), Path(out) if out else None, fid_samples, log=click.echo)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
