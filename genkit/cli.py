@@ -175,6 +175,11 @@ def _train_options(**given: Any) -> Any:
 @click.option("--channels-last", is_flag=True, default=None, help="Channels-last conv weights (faster for conv nets).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard (an extra).")
+@click.option(
+    "--latent-plot",
+    type=click.Choice(["tsne", "pca"]),
+    help="How latent.png draws codes of more than 2 dimensions [default: tsne].",
+)
 @click.option("--nproc", type=click.IntRange(min=1), help="Train with N processes (DDP through torchrun).")
 @click.pass_context
 def run(
@@ -197,6 +202,7 @@ def run(
     stream: bool,
     quiet: bool,
     tensorboard: bool,
+    latent_plot: str | None,
     nproc: int | None,
     noise: str | None,
     kl_warmup: int | None,
@@ -245,10 +251,11 @@ def run(
         train = {**experiment.train, **{k: v for k, v in train.items() if v is not None}}
         where.update({k: v for k, v in experiment.data.items() if k not in given and v is not None})
         tensorboard = tensorboard or experiment.tensorboard
+        latent_plot = latent_plot or experiment.latent_plot
     if not model:
         raise click.UsageError("name a MODEL (see genkit list), give --config FILE, or --resume RUN_DIR")
     config = _train_options(**{**train, "progress": not quiet})
-    where.update(out=out, overwrite=overwrite, parts=parts, tensorboard=tensorboard)
+    where.update(out=out, overwrite=overwrite, parts=parts, tensorboard=tensorboard, latent_plot=latent_plot or "tsne")
     if relaunch:
         check_run(model, options, config, **where)  # user errors: one line here, not one per process
         ctx.exit(_relaunch(nproc, ctx.obj["argv"]))

@@ -43,6 +43,7 @@ class Experiment:
     train: dict[str, Any] = field(default_factory=dict)  #: TrainConfig fields
     data: dict[str, Any] = field(default_factory=dict)  #: dataset, data_dir, limit, stream, noise
     tensorboard: bool = False
+    latent_plot: str | None = None
 
 
 def read_experiment(path: str | Path) -> Experiment:
@@ -65,9 +66,13 @@ def read_experiment(path: str | Path) -> Experiment:
     unknown = sorted(map(str, set(data) - set(DATA_KEYS)))
     if unknown:
         raise ConfigError(f"{path} [data]: unknown key(s) {', '.join(unknown)} (known: {', '.join(DATA_KEYS)})")
-    if set(logging) - {"tensorboard"} or not isinstance(logging.get("tensorboard", False), bool):
-        raise ConfigError(f"{path} [logging]: only tensorboard = true or false is known")
-    return Experiment(model, parts, options, train, data, logging.get("tensorboard", False))
+    if (
+        set(logging) - {"tensorboard", "latent_plot"}
+        or not isinstance(logging.get("tensorboard", False), bool)
+        or logging.get("latent_plot", "tsne") not in ("tsne", "pca")
+    ):
+        raise ConfigError(f'{path} [logging]: known are tensorboard = true|false and latent_plot = "tsne"|"pca"')
+    return Experiment(model, parts, options, train, data, logging.get("tensorboard", False), logging.get("latent_plot"))
 
 
 def _parse(path: Path) -> Any:

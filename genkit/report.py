@@ -66,14 +66,26 @@ def latent_codes(model: Model, images: torch.Tensor, batch_size: int = 1000) -> 
     )
 
 
-def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """The codes themselves when 2-D, else their first two principal components."""
+#: how ``latent.png`` draws codes of more than two dimensions
+PROJECTIONS = ("tsne", "pca")
+
+
+def project_2d(codes: torch.Tensor, method: str = "tsne") -> tuple[torch.Tensor, str]:
+    """Codes as 2-D points, and the name of the axes: the codes themselves when 1- or 2-D; else a t-SNE
+    embedding (scikit-learn), which keeps neighbours together so that classes separate as they do in the
+    latent space, or ``method="pca"``: the first two principal components (linear, often one mixed blob)."""
+    if method not in PROJECTIONS:
+        raise ConfigError(f"unknown latent projection {method!r}: use {' or '.join(PROJECTIONS)}")
     if codes.shape[1] == 1:
         return torch.cat([codes, torch.zeros_like(codes)], 1), "z"
-    if codes.shape[1] == 2:
-        return codes, "z"
-    if codes.shape[0] < 3:  # too few codes for principal components: show the first two coordinates
+    if codes.shape[1] == 2 or codes.shape[0] < 4:  # too few codes to project: the first two coordinates
         return codes[:, :2], "z"
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, (codes.shape[0] - 1) / 3)
+        embedded = TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(codes.double().numpy())
+        return torch.from_numpy(embedded).float(), "t-SNE "
     centred = codes - codes.mean(0)
     _, _, v = torch.pca_lowrank(centred, q=2, center=False)
     return centred @ v[:, :2], "PC"
@@ -93,8 +105,9 @@ def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0, chunk: in
     save_grid(images, path, nrow=max(8, math.ceil(math.sqrt(n))))
 
 
-def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -> None:
-    points, axis = project_2d(model.codes(data.images[:n]).cpu())
+def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 2000, method: str = "tsne") -> None:
+    """The first ``n`` test codes coloured by label, projected to 2-D by ``method`` (see ``project_2d``)."""
+    points, axis = project_2d(model.codes(data.images[:n]).cpu(), method)
     labels = data.labels[:n].cpu()
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
@@ -106,8 +119,10 @@ def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 5000) -
             if (labels == i).any()
         ]
         ax.legend(handles=handles, title="label", fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
-    what = "latent codes" if axis == "z" else "latent codes, first two principal components"
-    ax.set(xlabel=f"{axis}1", ylabel=f"{axis}2", title=f"{model.name}: test-set {what}")
+    what = {"z": "", "PC": "\nfirst two principal components (PCA)"}.get(
+        axis, "\nt-SNE embedding (neighbours kept together; distances not to scale)"
+    )
+    ax.set(xlabel=f"{axis}1", ylabel=f"{axis}2", title=f"{model.name}: test-set latent codes{what}")
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
@@ -209,15 +224,17 @@ def write_pictures(
     noise: NoiseTransform,
     out: Path,
     trained_on: str | None = None,
+    latent_plot: str = "tsne",
 ) -> list[Path]:
-    """Write every picture of a run into ``out``; returns their paths. ``trained_on``: the training noise."""
+    """Write every picture of a run into ``out``; returns their paths. ``trained_on``: the training noise;
+    ``latent_plot``: how codes of more than two dimensions are drawn (``PROJECTIONS``)."""
     model.eval()
     paths = {
         name: out / f"{name}.png"
         for name in ("samples", "latent", "reconstructions", "denoising", "interpolation", "loss")
     }
     save_samples(model, paths["samples"])
-    save_latent_plot(model, test, paths["latent"])
+    save_latent_plot(model, test, paths["latent"], method=latent_plot)
     save_reconstructions(model, test.images, paths["reconstructions"])
     save_denoising(model, test.images, noise, paths["denoising"], trained_on=trained_on)
     if len(test) >= 2:

@@ -176,6 +176,7 @@ def check_run(
     noise: str | None = None,
     parts: dict[str, str] | None = None,
     tensorboard: bool = False,
+    latent_plot: str = "tsne",
 ) -> None:
     """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
     if tensorboard:
@@ -199,6 +200,7 @@ def start_run(
     parts: dict[str, str] | None = None,
     log: Log = print,
     tensorboard: bool = False,
+    latent_plot: str = "tsne",
 ) -> Path:
     """Train ``model_name`` from scratch and write a run folder; returns its path.
 
@@ -206,11 +208,14 @@ def start_run(
     sets model and part options (``{"latent": 16, "loss.k": 5}``), as for ``genkit.get_model``. ``noise`` (a spec
     such as ``gaussian:0.5``) trains a denoiser. ``stream`` reads an image folder's training images from disk
     every epoch instead of holding them in memory. ``tensorboard`` also writes TensorBoard logs under
-    ``RUN/tensorboard`` (the ``tensorboard`` package is an extra).
+    ``RUN/tensorboard`` (the ``tensorboard`` package is an extra). ``latent_plot`` (tsne or pca) is how
+    ``latent.png`` draws codes of more than two dimensions.
     """
     train = train or TrainConfig()
     if tensorboard:
         require_tensorboard()  # before anything is written
+    if latent_plot not in report.PROJECTIONS:
+        raise ConfigError(f"unknown latent plot {latent_plot!r}: use {' or '.join(report.PROJECTIONS)}")
     model, train_data, test_data = _prepare(
         model_name, model_options, parts, train, dataset, data_dir, limit, stream, noise
     )
@@ -221,7 +226,7 @@ def start_run(
         **run_config(model),
         "train": train.to_dict(),
         "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise},
-        "logging": {"tensorboard": tensorboard},
+        "logging": {"tensorboard": tensorboard, "latent_plot": latent_plot},
     }
     with _held(run_dir):
         if distributed.is_main():
@@ -322,10 +327,16 @@ def _silent(message: str) -> None:
     """Processes other than the main one print nothing."""
 
 
-def _logging(config: dict[str, Any]) -> dict[str, bool]:
-    """A run's logging settings from its config (none before genkit 0.2; anything but ``true`` is off)."""
+def _logging(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's logging and picture settings from its config, with the defaults for what is missing or damaged
+    (runs before genkit 0.2 recorded none)."""
     recorded = config.get("logging")
-    return {"tensorboard": isinstance(recorded, dict) and recorded.get("tensorboard") is True}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    plot = recorded.get("latent_plot")
+    return {
+        "tensorboard": recorded.get("tensorboard") is True,
+        "latent_plot": plot if plot in report.PROJECTIONS else report.PROJECTIONS[0],
+    }
 
 
 def _train_and_report(
@@ -386,7 +397,8 @@ def _train_and_report(
         save_weights(model, run_dir / WEIGHTS_FILE)
         log(f"fitted the {model.prior.name or 'prior'} prior to the training codes")
     write_json(run_dir / METRICS_FILE, metrics)
-    report.write_pictures(model, test, history, noise, run_dir, trained_on=config["data"].get("noise"))
+    plot = _logging(config)["latent_plot"]
+    report.write_pictures(model, test, history, noise, run_dir, config["data"].get("noise"), plot)
     if final:
         log(
             f"done: test MSE {final['mse']:.5f}, PSNR {final['psnr_noisy']:.1f} dB noisy -> "

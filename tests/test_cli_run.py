@@ -231,3 +231,49 @@ def test_loss_curves_put_the_total_first_with_whole_epochs_and_labelled_axes(tmp
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in axes)
     assert all(float(t).is_integer() for ax in axes for t in ax.get_xticks())
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_latent_codes_are_drawn_by_tsne_or_pca_and_the_title_says_which(tmp_path, monkeypatch):
+    import genkit
+    from genkit import report
+    from genkit.data import ImageData
+
+    g = torch.Generator().manual_seed(0)
+    clusters = torch.cat([torch.randn(40, 10, generator=g), torch.randn(40, 10, generator=g) + 8])
+    for method, axis in (("tsne", "t-SNE "), ("pca", "PC")):
+        points, name = report.project_2d(clusters, method)
+        assert name == axis and points.shape == (80, 2)
+        a, b = points[:40].mean(0), points[40:].mean(0)
+        assert (a - b).norm() > 2 * max(points[:40].std(0).norm(), points[40:].std(0).norm())  # apart
+    assert report.project_2d(clusters[:, :2], "tsne")[1] == "z"
+    titles = []
+    real = report._save_figure
+    monkeypatch.setattr(
+        report, "_save_figure", lambda fig, path: titles.append(fig.axes[0].get_title()) or real(fig, path)
+    )
+    model = genkit.get_model("vae-conv", latent=3, channels=4, hidden=16).eval()
+    data = ImageData(torch.rand(30, 1, 28, 28), torch.arange(30) % 3, "x", ["a", "b", "c"])
+    report.save_latent_plot(model, data, tmp_path / "t.png")
+    report.save_latent_plot(model, data, tmp_path / "p.png", method="pca")
+    assert "t-SNE embedding" in titles[0] and "principal components (PCA)" in titles[1]
+
+
+def test_run_records_the_latent_plot_choice(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [
+        "run",
+        "ae",
+        "--set",
+        "channels=4",
+        "--set",
+        "hidden=16",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--latent-plot",
+        "pca",
+    ]
+    assert main([*args, "--dataset", str(image_folder), "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["logging"] == {"tensorboard": False, "latent_plot": "pca"}
+    assert main([*args[:-1], "umap", "--out", str(tmp_path / "x")]) == 2
+    assert "'umap' is not one of 'tsne', 'pca'" in capsys.readouterr().err
