@@ -276,6 +276,8 @@ def plot_metrics(summaries: list[RunSummary], keys: list[str], out: Path) -> lis
     written = []
     for key in keys:
         others = [k for k in keys if k != key]
+        if "model" in others:  # parts that differ with the model would only repeat its name in the legend
+            others = [k for k in others if not k.startswith("parts.")]
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), dpi=110, squeeze=False)
         groups: dict[str, list[RunSummary]] = {}
         for s in finished:
