@@ -142,10 +142,7 @@ class RunSummary:
     metrics: dict[str, Any] = field(default_factory=dict)  #: test metrics, empty for an unfinished run
     seconds: float | None = None
     fid: dict[str, Any] | None = None  #: {"value", "samples", "prior"} from eval.json
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+    name: str = ""  #: how tables and pictures name the run (its folder, with the parent's when two share one)
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -338,6 +335,9 @@ def compare(paths: list[str], out: Path | None = None, fid_samples: int = 0, log
         out = Path(paths[0]) if single else Path("compare")
     out.mkdir(parents=True, exist_ok=True)
     summaries = [summarise(run) for run in runs]
+    folders = [run.name for run in runs]
+    for s in summaries:
+        s.name = f"{s.path.parent.name}/{s.path.name}" if folders.count(s.path.name) > 1 else s.path.name
     if fid_samples:
         for s in summaries:
             if s.metrics:

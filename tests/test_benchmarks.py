@@ -12,7 +12,10 @@ from genkit import fid
 @pytest.fixture
 def fid_weights():
     if not fid.weights_path().is_file():
-        pytest.skip("FID weights not in the torch hub cache (set TORCH_HOME as .ci/run does)")
+        pytest.skip(
+            "pytorch-fid's weights are not in the torch hub cache: run python -c 'import genkit.fid as f; "
+            "f.ensure_weights()' once, or set TORCH_HOME to a folder holding them"
+        )
 
 
 def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):

@@ -233,8 +233,8 @@ def inception_weights() -> Path:
     path = gfid.weights_path()
     if not path.is_file():
         pytest.skip(
-            f"FID weights not in the torch hub cache ({path}); run ../shared/tools/fid-weights DIR and set "
-            "TORCH_HOME=DIR (as .ci/run does)"
+            f"pytorch-fid's InceptionV3 weights are not at {path}: let pytorch-fid download them once "
+            "(python -c 'import genkit.fid as f; f.ensure_weights()'), or set TORCH_HOME to a folder holding them"
         )
     return path
 
