@@ -29,6 +29,7 @@ KINDS = {
     "priors": "priors",
     "losses": "losses",
     "noise": "noise",
+    "datasets": "datasets",
 }
 COMMAND_LINE = click.core.ParameterSource.COMMANDLINE
 #: what may be given with --resume: the rest of a run's settings are recorded and repeated exactly

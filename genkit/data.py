@@ -1,4 +1,5 @@
-"""Datasets as in-memory tensors: MNIST and Fashion-MNIST (torchvision's layout), and image folders."""
+"""Datasets: the ``genkit.datasets`` plugins (MNIST, Fashion-MNIST, CIFAR-10, SVHN, CelebA in torchvision's
+layouts) and folders of images, as in-memory tensors or streamed from disk."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import gzip
 import os
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,14 +25,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-#: dataset name -> (torchvision folder / class name, class names)
-TORCHVISION_DATASETS = {
-    "mnist": ("MNIST", [str(i) for i in range(10)]),
-    "fashion-mnist": (
-        "FashionMNIST",
-        ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
-    ),
 }
 
 
@@ -96,16 +90,31 @@ def _find_idx(raw_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def load_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> ImageData:
-    """MNIST or Fashion-MNIST from ``<root>/<MNIST|FashionMNIST>/raw`` (gzipped or not), downloaded if missing."""
-    if name not in TORCHVISION_DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(TORCHVISION_DATASETS)} or an image folder")
-    folder, classes = TORCHVISION_DATASETS[name]
-    root = data_root(data_dir)
+class DatasetSource:
+    """Base of the ``genkit.datasets`` plugins: a dataset by name, read from its folder under the data root and
+    downloaded there (as torchvision does) when missing. A model's image size and channels default to the
+    dataset's native ones."""
+
+    image_size: ClassVar[int] = 28
+    channels: ClassVar[int] = 1
+    classes: ClassVar[list[str]] = []
+
+    def load(self, root: Path, split: str) -> ImageData | ImageFolderStream:
+        """The ``split`` (``"train"`` or ``"test"``) from under the data ``root``."""
+        raise NotImplementedError
+
+
+def load_idx_dataset(root: Path, folder: str, split: str, name: str, classes: list[str]) -> ImageData:
+    """An MNIST-format split from ``<root>/<folder>/raw`` (gzipped or not), downloaded by torchvision if missing."""
     raw_dir = root / folder / "raw"
     paths = [_find_idx(raw_dir, stem) for stem in _IDX_FILES[split]]
     if None in paths:
-        _download(name, folder, root)
+        stems = ", ".join(f"{s}.gz" for pair in _IDX_FILES.values() for s in pair)
+        download(
+            name,
+            lambda tvd: getattr(tvd, folder)(str(root), train=True, download=True),
+            f"put {stems} in {raw_dir}",
+        )
         paths = [_find_idx(raw_dir, stem) for stem in _IDX_FILES[split]]
         if None in paths:
             raise DataError(f"{name} files missing in {raw_dir} after download")
@@ -118,16 +127,27 @@ def load_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike[
     return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), name, classes)
 
 
-def _download(name: str, folder: str, root: Path) -> None:
+def load_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> ImageData:
+    """One split of a registered dataset (e.g. ``mnist``), held in memory."""
+    from genkit.registry import datasets
+
+    data = datasets.load(name)().load(data_root(data_dir), split)
+    if not isinstance(data, ImageData):
+        raise DataError(f"dataset {name} is streamed from disk: use load_dataset({name!r}, stream=True)")
+    return data
+
+
+def download(name: str, fetch: Callable[[Any], Any], manual: str) -> None:
+    """Download a dataset with ``fetch(torchvision.datasets)``; a one-line ``DataError`` saying what to do if it
+    fails (no network, a changed URL, a quota)."""
     import torchvision.datasets as tvd
 
     try:
-        getattr(tvd, folder)(str(root), train=True, download=True)
+        fetch(tvd)
     except Exception as exc:
-        stems = ", ".join(f"{s}.gz" for pair in _IDX_FILES.values() for s in pair)
         raise DataError(
-            f"{name} is not in {root / folder / 'raw'} and could not be downloaded ({type(exc).__name__}); "
-            f"put {stems} there, or point --data-dir / ${DATA_ENV} at a folder holding {folder}/raw"
+            f"{name} is not in the data folder and could not be downloaded ({type(exc).__name__}); {manual}, "
+            f"or point --data-dir / ${DATA_ENV} at a folder that holds it"
         ) from None
 
 
@@ -139,17 +159,24 @@ class ImageFolderStream(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, files: list[Path], labels: list[int], image_size: int, channels: int, name: str, classes: list[str]
+        self,
+        files: list[Path],
+        labels: list[int],
+        image_size: int,
+        channels: int,
+        name: str,
+        classes: list[str],
+        crop: int | None = None,
     ) -> None:
         self.files, self.labels = files, labels
-        self.image_size, self.channels = image_size, channels
+        self.image_size, self.channels, self.crop = image_size, channels, crop  # crop: a centred square first
         self.name, self.classes = name, classes
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        image = _read_image(self.files[index], self.image_size, self.channels)
+        image = _read_image(self.files[index], self.image_size, self.channels, self.crop)
         return image.float().div_(255.0), self.labels[index]
 
     def subset(self, n: int | None) -> ImageFolderStream:
@@ -157,7 +184,7 @@ class ImageFolderStream(torch.utils.data.Dataset):
         if n is None or n >= len(self):
             return self
         return ImageFolderStream(
-            self.files[:n], self.labels[:n], self.image_size, self.channels, self.name, self.classes
+            self.files[:n], self.labels[:n], self.image_size, self.channels, self.name, self.classes, self.crop
         )
 
     def head(self, n: int) -> Tensor:
@@ -189,12 +216,16 @@ def _open_image(path: Path) -> Any:
     return img
 
 
-def _read_image(file: Path, image_size: int, channels: int) -> Tensor:
-    """One image file as uint8 (C, H, W), converted to ``channels`` and resized; a one-line error otherwise."""
+def _read_image(file: Path, image_size: int, channels: int, crop: int | None = None) -> Tensor:
+    """One image file as uint8 (C, H, W), converted to ``channels``, centre-cropped to ``crop`` pixels square if
+    given, and resized; a one-line error otherwise."""
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
     img = _open_image(file).convert("L" if channels == 1 else "RGB")
+    if crop:
+        left, top = (img.width - crop) // 2, (img.height - crop) // 2
+        img = img.crop((left, top, left + crop, top + crop))
     return pil_to_tensor(img.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
@@ -245,21 +276,57 @@ def load_image_folder(
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
-    image_size: int = 28,
-    channels: int = 1,
+    image_size: int | None = None,
+    channels: int | None = None,
     stream: bool = False,
 ) -> tuple[ImageData | ImageFolderStream, ImageData]:
-    """(train, test) for ``mnist``, ``fashion-mnist``, or a path to an image folder.
+    """(train, test) for a registered dataset (``genkit list --kind datasets``) or a path to an image folder.
 
-    ``stream`` keeps an image folder's training split on disk (MNIST-sized sets are always held in memory).
+    Images come at ``image_size`` and ``channels`` (default: the dataset's own; 28x28 grayscale for a folder).
+    ``stream`` keeps an image folder's training split on disk (registered datasets decide for themselves).
     """
-    if name in TORCHVISION_DATASETS:
-        return load_torchvision_dataset(name, "train", data_dir), load_torchvision_dataset(name, "test", data_dir)
+    from genkit.registry import datasets
+
     if not name:
-        raise DataError("no dataset given: use mnist, fashion-mnist, or the path of a folder of images")
+        raise DataError("no dataset given: name one (genkit list --kind datasets) or the path of a folder of images")
+    if name in datasets.names():
+        source = datasets.load(name)()
+        root = data_root(data_dir)
+        size, channels = image_size or source.image_size, channels or source.channels
+        train, test = (_fit(source.load(root, split), size, channels) for split in ("train", "test"))
+        if len(test) == 0:
+            raise DataError(f"the {name} test split is empty: delete its files under {root} to download them again")
+        return train, test  # type: ignore[return-value]
     if _expand(name).is_dir():
-        return load_image_folder(_expand(name), image_size, channels, stream=stream)
-    raise DataError(f"unknown dataset {name!r}: use mnist, fashion-mnist, or the path of a folder of images")
+        return load_image_folder(_expand(name), image_size or 28, channels or 1, stream=stream)
+    known = ", ".join(datasets.names())
+    raise DataError(f"unknown dataset {name!r}: use one of {known}, or the path of a folder of images")
+
+
+def dataset_shape(name: str) -> tuple[int, int] | None:
+    """(image size, channels) of a registered dataset; None for anything else (a folder takes the model's)."""
+    from genkit.registry import datasets
+
+    if name not in datasets.names():
+        return None
+    source = datasets.load(name)
+    return source.image_size, source.channels
+
+
+def _fit(data: ImageData | ImageFolderStream, size: int, channels: int) -> ImageData | ImageFolderStream:
+    """``data`` at ``size`` x ``size`` with ``channels`` (resized with antialiasing; RGB to gray by luminance)."""
+    if isinstance(data, ImageFolderStream):
+        data.image_size, data.channels = size, channels
+        return data
+    images = data.images
+    if images.shape[1] == 3 and channels == 1:
+        images = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    images = images.clamp(0, 1).contiguous()
+    return data if images is data.images else ImageData(images, data.labels, data.name, data.classes)
 
 
 def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -> Tensor:

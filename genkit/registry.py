@@ -20,6 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from genkit.config import ModelConfig
+from genkit.data import DatasetSource
 from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
 from genkit.model import Model, Preset, doc_summary
 from genkit.noise import NoiseTransform
@@ -234,8 +235,11 @@ decoders = Registry("genkit.decoders", Decoder)
 priors = Registry("genkit.priors", Prior)
 losses = Registry("genkit.losses", Loss)
 noise = Registry("genkit.noise", NoiseTransform)
+datasets = Registry("genkit.datasets", DatasetSource)
 #: the registry of each part kind
 PARTS: dict[str, Registry] = {"encoder": encoders, "decoder": decoders, "prior": priors, "loss": losses}
+#: every registry (to refresh them all after installing a package at run time)
+REGISTRIES = (models, *PARTS.values(), noise, datasets)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

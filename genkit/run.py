@@ -29,7 +29,7 @@ from genkit.checkpoint import (
     upgrade_config,
     write_json,
 )
-from genkit.data import ImageData, ImageFolderStream, load_dataset
+from genkit.data import ImageData, ImageFolderStream, dataset_shape, load_dataset
 from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
@@ -157,6 +157,9 @@ def _prepare(
     if noise is not None:
         get_noise(noise)  # a bad spec fails before the data is read
     torch.manual_seed(train.seed)
+    native = dataset_shape(dataset)  # a registered dataset's images set the model's shape unless it is given
+    if native:
+        model_options = {"image_size": native[0], "image_channels": native[1], **(model_options or {})}
     model = get_model(model_name, **(parts or {}), **(model_options or {}))
     train_data, test_data = _load_data(dataset, data_dir, model, limit, stream)
     _try_one_batch(model, train_data)

@@ -76,10 +76,10 @@ def plugin_site(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    for reg in (registry.models, *registry.PARTS.values(), registry.noise):
+    for reg in registry.REGISTRIES:
         reg.refresh()
     yield site
-    for reg in (registry.models, *registry.PARTS.values(), registry.noise):
+    for reg in registry.REGISTRIES:
         reg.refresh()
     for name in list(sys.modules):
         if name.startswith("fake_"):

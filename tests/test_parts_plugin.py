@@ -27,7 +27,7 @@ PROVIDED = [
     ("noise", "cutout"),
     ("models", "laplace-vae"),
 ]
-REGISTRIES = (registry.models, *registry.PARTS.values(), registry.noise)
+REGISTRIES = registry.REGISTRIES
 
 
 @pytest.fixture(scope="module")

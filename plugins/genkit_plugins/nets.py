@@ -21,6 +21,7 @@ class ConvNetConfig(Config):
     channels: int = option(32, "channels of the first convolution (the second has twice as many)")
     hidden: int = option(256, "width of the fully connected layer between convolutions and latent")
     blocks: int = option(0, "extra 3x3 convolutions after each resolution change (a deeper network)")
+    stages: int = option(0, "stride-2 convolutions; 0: 2 for images up to 32 pixels, one more per doubling")
 
     positive: ClassVar[tuple[str, ...]] = ("channels", "hidden")
 
@@ -28,6 +29,8 @@ class ConvNetConfig(Config):
         super().validate()
         if self.blocks < 0:
             raise ConfigError(f"blocks must be 0 or more, got {self.blocks}")
+        if not 0 <= self.stages <= 8:
+            raise ConfigError(f"stages must be between 0 (automatic) and 8, got {self.stages}")
 
 
 @dataclass
@@ -50,10 +53,16 @@ class MLPEncoderConfig(MLPNetConfig):
     head: str = option("gaussian", "gaussian: a posterior mean and log-variance; deterministic: a point code", HEADS)
 
 
-def _side(dims: ModelConfig) -> int:
-    if dims.image_size % 4:
-        raise ConfigError(f"image_size must be a multiple of 4 for the conv encoder and decoder, got {dims.image_size}")
-    return dims.image_size // 4
+def _stages(config: ConvNetConfig, dims: ModelConfig) -> tuple[int, int]:
+    """(stride-2 stages, side of the smallest feature map): 2 stages up to 32 pixels (28 -> 7, 32 -> 8), then one
+    more per doubling (64 -> 8), unless ``config.stages`` fixes the number."""
+    stages = config.stages or 2 + max(0, math.ceil(math.log2(dims.image_size / 32)))
+    if dims.image_size % 2**stages:
+        raise ConfigError(
+            f"image_size must be a multiple of {2**stages} for the conv encoder and decoder with {stages} stages, "
+            f"got {dims.image_size}"
+        )
+    return stages, dims.image_size // 2**stages
 
 
 def _posterior(out: Tensor, gaussian: bool) -> Posterior:
@@ -70,8 +79,11 @@ class ConvEncoder(Encoder):
 
     def __init__(self, config: ConvEncoderConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
-        c, side = config.channels, _side(dims)
+        (stages, side), c = _stages(config, dims), config.channels
         self.gaussian = config.head == "gaussian"
+        deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
+        for _ in range(stages - 2):
+            deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
         self.body = nn.Sequential(
             nn.Conv2d(dims.image_channels, c, 4, 2, 1),
             nn.ReLU(),
@@ -79,6 +91,7 @@ class ConvEncoder(Encoder):
             nn.Conv2d(c, 2 * c, 4, 2, 1),
             nn.ReLU(),
             *_refine(2 * c, config.blocks),
+            *deeper,
             Rearrange("n c h w -> n (c h w)"),
             nn.Linear(2 * c * side * side, config.hidden),
             nn.ReLU(),
@@ -96,7 +109,10 @@ class ConvDecoder(Decoder):
 
     def __init__(self, config: ConvNetConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
-        c, side = config.channels, _side(dims)
+        (stages, side), c = _stages(config, dims), config.channels
+        deeper: list[nn.Module] = []
+        for _ in range(stages - 2):
+            deeper += [nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
         self.body = nn.Sequential(
             nn.Linear(dims.latent, config.hidden),
             nn.ReLU(),
@@ -104,6 +120,7 @@ class ConvDecoder(Decoder):
             nn.ReLU(),
             Rearrange("n (c h w) -> n c h w", c=2 * c, h=side, w=side),
             *_refine(2 * c, config.blocks),
+            *deeper,
             nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
             nn.ReLU(),
             *_refine(c, config.blocks),
