@@ -21,16 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 SEED = click.IntRange(-(2**40) + 1, 2**40 - 1)
-#: ``--kind`` values: the registry attribute of each plugin group
-KINDS = {
-    "models": "models",
-    "encoders": "encoders",
-    "decoders": "decoders",
-    "priors": "priors",
-    "losses": "losses",
-    "noise": "noise",
-    "datasets": "datasets",
-}
+#: ``--kind`` values, each the name of a registry in ``genkit.registry``
+KINDS = ("datasets", "decoders", "encoders", "losses", "models", "noise", "priors")
 COMMAND_LINE = click.core.ParameterSource.COMMANDLINE
 #: what may be given with --resume: the rest of a run's settings are recorded and repeated exactly
 RESUME_OPTIONS = {"resume", "epochs", "quiet", "nproc", "data_dir"}
@@ -46,12 +38,12 @@ def cli(debug: bool) -> None:
 
 @cli.command("list")
 @click.argument("pattern", required=False)
-@click.option("--kind", type=click.Choice(sorted(KINDS)), default="models", show_default=True, help="Which plugins.")
+@click.option("--kind", type=click.Choice(KINDS), default="models", show_default=True, help="Which plugins.")
 def list_cmd(pattern: str | None, kind: str) -> None:
     """List registered plugins (optionally matching a PATTERN such as '*vae*'); broken ones are flagged."""
     from genkit import registry
 
-    reg = getattr(registry, KINDS[kind])
+    reg = getattr(registry, kind)
     wanted = set(reg.names(pattern))
     rows = [(info, obj) for info, obj in reg.status() if info.name in wanted]
     if not rows:
@@ -79,12 +71,12 @@ def _option_lines(config: Any, prefix: str) -> list[str]:
 
 @cli.command()
 @click.argument("name")
-@click.option("--kind", type=click.Choice(sorted(KINDS)), default="models", show_default=True, help="Which plugins.")
+@click.option("--kind", type=click.Choice(KINDS), default="models", show_default=True, help="Which plugins.")
 def info(name: str, kind: str) -> None:
     """Describe plugin NAME: what it is, who provides it, its parts and every option with its default."""
     from genkit import registry
 
-    reg = getattr(registry, KINDS[kind])
+    reg = getattr(registry, kind)
     obj = reg.load(name)
     click.echo(f"{name}: {registry.describe(obj)}")
     click.echo(f"provided by: {reg.info(name).distribution}")
@@ -163,7 +155,9 @@ def _train_options(**given: Any) -> Any:
 @click.option("--seed", type=int, help="Random seed [default: 0].")
 @click.option("--noise", metavar="NAME:LEVEL", help="Train a denoiser on noisy inputs, e.g. gaussian:0.5.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up (loss.kl_warmup).")
-@click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, or a folder of images.")
+@click.option(
+    "--dataset", default="mnist", show_default=True, help="A dataset (genkit list --kind datasets) or an image folder."
+)
 @click.option("--data-dir", envvar=DATA_ENV, help=f"Where datasets live (or ${DATA_ENV}); downloaded there if missing.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/MODEL-DATASET].")
 @click.option("--overwrite", is_flag=True, help="Write into an existing --out folder.")
