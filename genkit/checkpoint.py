@@ -164,6 +164,23 @@ def run_config(model: Model) -> dict[str, Any]:
     }
 
 
+def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings from its ``config.json`` as dotted keys: ``model``, ``model_config.latent``,
+    ``parts.loss.name``, ``parts.loss.k``, ``train.lr``, ``data.dataset``... (for tables, plots and hparams)."""
+
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            return {prefix: value}
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            # a part's options sit beside its name: parts.loss.k, not parts.loss.options.k
+            out.update(flat(inner, prefix if key == "options" and prefix.startswith("parts.") else f"{prefix}.{key}"))
+        return out
+
+    return {k: v for key in ("model", "model_config", "parts", "train", "data") if key in config
+            for k, v in flat(config[key], key).items()}  # fmt: skip
+
+
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A format-1 config.json read as format 2 (in memory): the noise moves from the training to the data
     settings, and the KL warm-up from the training settings to the loss's options."""

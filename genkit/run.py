@@ -18,6 +18,7 @@ from genkit.checkpoint import (
     METRICS_FILE,
     WEIGHTS_FILE,
     build_model_from_config,
+    flat_settings,
     load_checkpoint,
     read_json,
     remove_stale_temporaries,
@@ -365,8 +366,7 @@ def _train_and_report(
     if not distributed.is_main():
         log = _silent
     elif _logging(config)["tensorboard"]:
-        hparams = {k: config[k] for k in ("model", "model_config", "parts", "train", "data") if k in config}
-        trainer.callbacks.append(TensorBoardLogger(run_dir / LOG_FOLDER, hparams, test.images))
+        trainer.callbacks.append(TensorBoardLogger(run_dir / LOG_FOLDER, flat_settings(config), test.images))
     summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
     started = time.perf_counter()

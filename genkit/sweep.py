@@ -162,10 +162,9 @@ def find_runs(paths: list[str]) -> list[Path]:
 
 
 def summarise(run: Path) -> RunSummary:
-    from genkit.checkpoint import read_json
+    from genkit.checkpoint import flat_settings, read_json
 
-    config = read_json(run / "config.json")
-    settings = _flat({k: config.get(k) for k in ("model", "model_config", "parts", "train", "data")})
+    settings = flat_settings(read_json(run / "config.json"))
     try:
         metrics = json.loads((run / "metrics.json").read_text())
     except (OSError, ValueError):
@@ -177,16 +176,6 @@ def summarise(run: Path) -> RunSummary:
     test = metrics.get("test") if isinstance(metrics, dict) else None
     seconds = metrics.get("train_seconds") if isinstance(metrics, dict) else None
     return RunSummary(run, settings, test if isinstance(test, dict) else {}, seconds, fid)
-
-
-def _flat(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in options.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}.".replace(".options.", ".")))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 #: settings that differ between runs without being an experiment's choice

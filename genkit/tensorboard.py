@@ -29,9 +29,11 @@ class TensorBoardLogger(Callback):
     samples and one of reconstructions of ``images``; the run's options as hparams with its final metrics."""
 
     def __init__(self, log_dir: Path, hparams: dict[str, Any], images: torch.Tensor, every: int = 10) -> None:
+        """``hparams``: the run's settings as flat keys (``genkit.checkpoint.flat_settings``)."""
         require_tensorboard()
         self.log_dir = Path(log_dir)
-        self.hparams = _flat(hparams)
+        # TensorBoard's hparams take numbers, booleans and text
+        self.hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
         self.images = images[:8]
         self.every = every
         self.writer: Any = None
@@ -77,17 +79,3 @@ class TensorBoardLogger(Callback):
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _flat(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested options as TensorBoard's hparams take them: dotted keys, values a number, bool or text."""
-    flat: dict[str, Any] = {}
-    for key, value in options.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
