@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import click
 
 # Only light modules at the top: torch, numpy and the plugins are imported by the commands that need them,
 # so that --help and usage errors answer at once.
-from genkit.config import DATA_ENV
+from genkit.config import DATA_ENV, TrainConfig
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
 
 if TYPE_CHECKING:
@@ -117,10 +119,38 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _train_options(**given: Any) -> Any:
-    """A TrainConfig from CLI values; options not given keep the dataclass defaults."""
-    from genkit.train import TrainConfig
+def train_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add an option per ``TrainConfig`` field to ``command`` (``--batch-size`` for ``batch_size``...), with the
+    field's help, choices and default; ``progress`` is the command's ``--quiet``."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in reversed(dataclasses.fields(TrainConfig)):
+        if field.name == "progress":
+            continue
+        flag, kind = f"--{field.name.replace('_', '-')}", hints[field.name]
+        switch = field.default is None or isinstance(field.default, bool)  # (0 == False: look them up apart)
+        shown = {None: "unset", True: "on", False: "off"}[field.default] if switch else field.default
+        text = f"{field.metadata['help']} [default: {shown}]."
+        if kind in (bool, bool | None):  # a switch: --amp/--no-amp keeps "not given" apart from either value
+            option = click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=text)
+        elif field.metadata.get("choices"):
+            option = click.option(flag, field.name, type=click.Choice(field.metadata["choices"]), help=text)
+        elif kind is int:
+            low = 1 if field.name in TrainConfig.positive else 0 if field.name in TrainConfig.non_negative else None
+            option = click.option(
+                flag, field.name, type=click.INT if low is None else click.IntRange(min=low), help=text
+            )
+        elif kind is float:
+            positive = field.name in TrainConfig.positive
+            number = click.FloatRange(min=0, min_open=True) if positive else click.FLOAT
+            option = click.option(flag, field.name, type=number, help=text)
+        else:
+            option = click.option(flag, field.name, help=text)
+        command = option(command)
+    return command
 
+
+def _train_options(**given: Any) -> TrainConfig:
+    """A TrainConfig from CLI values; options not given keep the dataclass defaults."""
     return TrainConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -138,6 +168,7 @@ def _train_options(**given: Any) -> Any:
 @click.option("--decoder", help="Decoder by registry name (genkit list --kind decoders).")
 @click.option("--prior", help="Prior by registry name (genkit list --kind priors).")
 @click.option("--loss", help="Loss by registry name (genkit list --kind losses).")
+@train_options
 @click.option(
     "--set",
     "settings",
@@ -145,14 +176,6 @@ def _train_options(**given: Any) -> Any:
     metavar="[PART.]KEY=VALUE",
     help="A model option, or a part's (e.g. loss.k=5); genkit info MODEL lists them.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train [default: 10].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size [default: 128].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [default: 1e-3].")
-@click.option(
-    "--lr-schedule", type=click.Choice(["constant", "cosine"]), help="cosine: decay lr to 0 [default: constant]."
-)
-@click.option("--lr-warmup", type=click.IntRange(min=0), help="Epochs of linear lr warm-up from 0 [default: 0].")
-@click.option("--seed", type=int, help="Random seed [default: 0].")
 @click.option("--noise", metavar="NAME:LEVEL", help="Train a denoiser on noisy inputs, e.g. gaussian:0.5.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), help="Epochs of linear KL warm-up (loss.kl_warmup).")
 @click.option(
@@ -162,12 +185,8 @@ def _train_options(**given: Any) -> Any:
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/MODEL-DATASET].")
 @click.option("--overwrite", is_flag=True, help="Write into an existing --out folder.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder.")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N training and N test images (quick runs).")
 @click.option("--stream", is_flag=True, help="Read an image folder's training images from disk each epoch.")
-@click.option("--workers", type=click.IntRange(min=0), help="Loader processes for --stream [default: 2].")
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on CUDA only; --amp also on the CPU].")
-@click.option("--channels-last", is_flag=True, default=None, help="Channels-last conv weights (faster for conv nets).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard (an extra).")
 @click.option(
@@ -207,7 +226,6 @@ def run(
     from genkit import distributed
     from genkit.checkpoint import read_json
     from genkit.run import check_run, resume_run, start_run
-    from genkit.train import TrainConfig
 
     relaunch = bool(nproc and nproc > 1 and not distributed.launched())
     if relaunch and (train["batch_size"] or TrainConfig.batch_size) % nproc:

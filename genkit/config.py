@@ -43,11 +43,12 @@ def _allowed(kind: Any) -> tuple[set[type], bool]:
 class Config:
     """Base of every settings dataclass: checks types, ranges and choices, and reads/writes plain dicts.
 
-    Subclass it with ``option(...)`` fields; list the fields that must be > 0 in ``positive`` and override
-    ``validate`` (calling ``super().validate()``) for other rules.
+    Subclass it with ``option(...)`` fields; list the fields that must be > 0 in ``positive`` (>= 0 in
+    ``non_negative``) and override ``validate`` (calling ``super().validate()``) for other rules.
     """
 
     positive: ClassVar[tuple[str, ...]] = ()
+    non_negative: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +84,9 @@ class Config:
         for name in self.positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in self.non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values."""
@@ -137,3 +141,38 @@ class ModelConfig(Config):
     image_channels: int = option(1, "channels of the input images (1 grayscale, 3 RGB)")
 
     positive: ClassVar[tuple[str, ...]] = ("latent", "image_size", "image_channels")
+
+
+#: per-epoch seeds are derived from the seed; beyond this torch's generators overflow
+SEED_LIMIT = 2**40
+DEVICES = ("cpu", "cuda", "mps")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig(Config):
+    """How to train: the same options for every model (``genkit run`` takes each as ``--OPTION``)."""
+
+    epochs: int = option(10, "passes over the training set")
+    batch_size: int = option(128, "images per step (the global batch when several processes train)")
+    lr: float = option(1e-3, "Adam's learning rate")
+    lr_schedule: str = option("constant", "cosine decays the learning rate to 0 over the run", LR_SCHEDULES)
+    lr_warmup: int = option(0, "epochs over which the learning rate ramps linearly from 0 (deep nets at high lr)")
+    seed: int = option(0, "fixes initialisation, shuffling, noise, the loss's draws and sampling")
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    amp: bool | None = option(None, "bf16 autocast: null = on CUDA only, true = also on the CPU, false = never")
+    compile: bool = option(False, "torch.compile the loss computation (pays off on GPUs for long runs)")
+    channels_last: bool = option(False, "convert 4-d weights to channels-last (opt-in: a .view() after a conv fails)")
+    progress: bool = option(True, "show a progress bar")
+    eval_batch_size: int = option(1000, "images per batch when evaluating")
+    workers: int = option(2, "DataLoader worker processes for a dataset streamed from disk (--stream)")
+
+    positive: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "lr", "eval_batch_size")
+    non_negative: ClassVar[tuple[str, ...]] = ("workers", "lr_warmup")
+
+    def validate(self) -> None:
+        super().validate()
+        if abs(self.seed) >= SEED_LIMIT:
+            raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
+        if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")

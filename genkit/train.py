@@ -12,7 +12,7 @@ import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,47 +21,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm.auto import tqdm
 
 from genkit import distributed, metrics
-from genkit.config import Config, option
+from genkit.config import DEVICES, LR_SCHEDULES, SEED_LIMIT, TrainConfig  # noqa: F401  (their home before 0.2)
 from genkit.data import ImageData
 from genkit.errors import ConfigError, TrainingError
 from genkit.model import Model
 from genkit.noise import NoiseTransform
-
-#: per-epoch seeds are derived from the seed; beyond this torch's generators overflow
-SEED_LIMIT = 2**40
-DEVICES = ("cpu", "cuda", "mps")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-@dataclass
-class TrainConfig(Config):
-    """How to train: the same options for every model (``genkit run`` takes each as ``--OPTION``)."""
-
-    epochs: int = option(10, "passes over the training set")
-    batch_size: int = option(128, "images per step (the global batch when several processes train)")
-    lr: float = option(1e-3, "Adam's learning rate")
-    lr_schedule: str = option("constant", "cosine decays the learning rate to 0 over the run", LR_SCHEDULES)
-    lr_warmup: int = option(0, "epochs over which the learning rate ramps linearly from 0 (deep nets at high lr)")
-    seed: int = option(0, "fixes initialisation, shuffling, noise, the loss's draws and sampling")
-    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    amp: bool | None = option(None, "bf16 autocast: null = on CUDA only, true = also on the CPU, false = never")
-    compile: bool = option(False, "torch.compile the loss computation (pays off on GPUs for long runs)")
-    channels_last: bool = option(False, "convert 4-d weights to channels-last (opt-in: a .view() after a conv fails)")
-    progress: bool = option(True, "show a progress bar")
-    eval_batch_size: int = option(1000, "images per batch when evaluating")
-    workers: int = option(2, "DataLoader worker processes for a dataset streamed from disk (--stream)")
-
-    positive: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "lr", "eval_batch_size")
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("workers", "lr_warmup"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        if abs(self.seed) >= SEED_LIMIT:
-            raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
-        if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def select_device(name: str = "auto") -> torch.device:

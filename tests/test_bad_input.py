@@ -75,7 +75,7 @@ RUN_VALUES = {
     "set-huge": (["--set", f"hidden={10**20}"], "encoder conv: hidden must be at most 2**53"),
     "set-size": (
         ["--set", "image_size=30"],
-        "image_size must be a multiple of 4 for the conv encoder and decoder, got 30",
+        "image_size must be a multiple of 4 for the conv encoder and decoder with 2 stages, got 30",
     ),
     "set-unknown": (
         ["--set", "bogus=1"],
@@ -123,7 +123,7 @@ def test_bad_model_or_model_value_is_one_line(model, args, message, folders, tmp
         ("one", "holds 1 image; a train and a test split need at least 2"),
         ("corrupt", "cannot read image"),
         ("bomb", "could be decompression bomb DOS attack"),
-        ("", "no dataset given: use mnist, fashion-mnist, or the path of a folder of images"),
+        ("", "no dataset given: name one (genkit list --kind datasets) or the path of a folder of images"),
         ("~no-such-user-genkit/images", "~no-such-user-genkit/images: cannot expand ~ (no such user or home folder)"),
         ("images/0000.png", "unknown dataset"),
     ],
