@@ -292,6 +292,10 @@ def sweep(ctx: click.Context, model: str, grids: tuple[str, ...], out: str | Non
     bad = [a for a in run_args if a in ("--out", "--resume", "--config") or a.startswith(("--out=", "--resume="))]
     if bad:
         raise click.UsageError(f"{bad[0]} cannot be given to a sweep: each point's run folder is SWEEP/POINT")
+    try:  # parse one point's run command now, so that a typo fails here rather than in every run
+        run.make_context("genkit run", [model, *run_args, *sweeps.point_args(sweeps.points(grid)[0])])
+    except click.ClickException as exc:
+        raise click.UsageError(f"as genkit run would say: {exc.format_message()}") from None
     runs = len(sweeps.points(grid))
     click.echo(f"sweeping {model} over {', '.join(grid)}: {runs} runs into {folder}")
     sweeps.run_sweep(model, grid, run_args, folder, jobs, log=click.echo)

@@ -31,6 +31,13 @@ def test_a_bad_grid_is_one_line(tmp_path, capsys, grid, says):
     assert err.count("\n") == 1 and says in err
 
 
+def test_run_options_are_checked_before_any_run(tmp_path, capsys):
+    assert main(["sweep", "ae", "--grid", "latent=2,3", "--epochs", "x", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "as genkit run would say: Invalid value for '--epochs'" in err
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.fixture
 def swept(image_folder, tmp_path, capsys):
     out = tmp_path / "sweep"
