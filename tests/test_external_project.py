@@ -172,7 +172,7 @@ def test_other_project_trains_samples_scores_saves_and_reloads(installed_project
     config = read_json(work / "blob-vae" / CONFIG_FILE)
     assert config["model"] == "vae-conv" and config["format"] == 2
     assert config["model_config"] == {"latent": 6, "image_size": 28, "image_channels": 1}
-    nets = {"channels": 8, "hidden": 64, "blocks": 0}
+    nets = {"channels": 8, "hidden": 64, "blocks": 0, "stages": 0}
     assert config["parts"] == {
         "encoder": {"name": "conv", "options": {**nets, "head": "gaussian"}},
         "decoder": {"name": "conv", "options": nets},
