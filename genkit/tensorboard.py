@@ -25,7 +25,7 @@ def require_tensorboard() -> None:
 
 
 class TensorBoardLogger(Callback):
-    """Loss terms and the learning rate every ``every`` steps; every epoch's losses and test metrics, a grid of
+    """Loss terms and the learning rate at the first step and every ``every`` steps; every epoch's losses and test metrics, a grid of
     samples and one of reconstructions of ``images``; the run's options as hparams with its final metrics."""
 
     def __init__(self, log_dir: Path, hparams: dict[str, Any], images: torch.Tensor, every: int = 10) -> None:
@@ -44,7 +44,7 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(str(self.log_dir))
 
     def on_step_end(self, trainer: Trainer, step: Step) -> None:
-        if step.global_step % self.every:
+        if step.global_step % self.every and step.global_step != 1:  # the first step too: short runs show a curve
             return
         for name, value in step.terms.items():
             self.writer.add_scalar(f"step/{name}", value.item(), step.global_step)

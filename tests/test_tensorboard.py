@@ -39,7 +39,7 @@ def test_a_run_writes_scalars_images_and_hparams_and_resume_continues_them(image
     assert [step for step, _ in scalars["epoch/train_loss"]] == [1, 2]
     assert [step for step, _ in scalars["epoch/test_mse"]] == [1, 2]
     assert scalars["step/reconstruction"] and scalars["step/lr"][0][1] == pytest.approx(1e-3)
-    assert all(step % 10 == 0 for step, _ in scalars["step/kl"])
+    assert [step for step, _ in scalars["step/kl"]][:2] == [1, 10]
     images = {tag: len(a.Images(tag)) for a in _events(logs) for tag in a.Tags()["images"]}
     assert images == {"samples": 2, "reconstructions": 2}
     first = next(a for a in _events(logs) if a.Tags()["images"]).Images("samples")[0]
