@@ -25,8 +25,9 @@ def require_tensorboard() -> None:
 
 
 class TensorBoardLogger(Callback):
-    """Loss terms and the learning rate at the first step and every ``every`` steps; every epoch's losses and test metrics, a grid of
-    samples and one of reconstructions of ``images``; the run's options as hparams with its final metrics."""
+    """Loss terms and the learning rate at the first step and every ``every`` steps; every epoch's losses and test
+    metrics, a grid of samples and one of reconstructions of ``images``; the run's options as hparams with its final
+    metrics."""
 
     def __init__(self, log_dir: Path, hparams: dict[str, Any], images: torch.Tensor, every: int = 10) -> None:
         """``hparams``: the run's settings as flat keys (``genkit.checkpoint.flat_settings``)."""
