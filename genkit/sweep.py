@@ -227,7 +227,9 @@ def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
 def table(summaries: list[RunSummary], keys: list[str]) -> str:
     """A markdown table: one row per run with its swept settings and its metrics ("unfinished" if none)."""
     short = [k.split(".")[-1] if k.split(".")[-1] not in {"name"} else k for k in keys]
-    head = ["run", *short, "test MSE", "PSNR dB (denoised)", "FID", "NLL nats", "train s"]
+    noises = {s.metrics.get("noise") for s in summaries if s.metrics}
+    psnr = f"PSNR dB, {noises.pop()} → output" if len(noises) == 1 else "denoising PSNR dB"
+    head = ["run", *short, "test MSE", psnr, "FID", "NLL nats", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         values = [str(s.settings.get(k)) for k in keys]
