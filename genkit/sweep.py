@@ -224,6 +224,12 @@ def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
+def _order(value: Any) -> tuple[int, Any]:
+    """Numbers in numeric order, before everything else in text order."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value) if numeric else (1, str(value))
+
+
 def table(summaries: list[RunSummary], keys: list[str]) -> str:
     """A markdown table: one row per run with its swept settings and its metrics ("unfinished" if none)."""
     short = [k.split(".")[-1] if k.split(".")[-1] not in {"name"} else k for k in keys]
@@ -334,6 +340,7 @@ def compare(paths: list[str], out: Path | None = None, fid_samples: int = 0, log
             if s.metrics:
                 add_fid(s, fid_samples, log)
     keys = varying(summaries)
+    summaries.sort(key=lambda s: [_order(s.settings.get(k)) for k in keys])  # latent 2, 4, ..., 64: not as text
     text = table(summaries, keys)
     atomic_write(out / "compare.md", lambda tmp: tmp.write_text(text))
     record = [

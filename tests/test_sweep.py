@@ -17,6 +17,9 @@ def test_grids_expand_to_named_points_with_run_arguments():
     point = {"latent": 8, "lr": 0.01, "prior": "mog", "loss.k": 5}
     assert point_name(point) == "latent=8_lr=0.01_prior=mog_loss.k=5"
     assert point_args(point) == ["--set", "latent=8", "--lr", "0.01", "--prior", "mog", "--set", "loss.k=5"]
+    from genkit.sweep import _order
+
+    assert sorted([64, 2, 16, "mog", "gmm", 4.5], key=_order) == [2, 4.5, 16, 64, "gmm", "mog"]  # rows of compare
 
 
 @pytest.mark.parametrize(
