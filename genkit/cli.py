@@ -16,7 +16,7 @@ import click
 
 # Only light modules at the top: torch, numpy and the plugins are imported by the commands that need them,
 # so that --help and usage errors answer at once.
-from genkit.config import DATA_ENV, TrainConfig
+from genkit.config import DATA_ENV, TrainConfig, parse_value
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
 
 if TYPE_CHECKING:
@@ -111,11 +111,7 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        key = key.replace("-", "_")
-        try:
-            options[key] = json.loads(raw)
-        except ValueError:  # not JSON (or a number too long for it): keep the text, the config checks it
-            options[key] = raw
+        options[key.replace("-", "_")] = parse_value(raw)
     return options
 
 

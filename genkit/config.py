@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -18,6 +19,15 @@ DATA_ENV = "GENKIT_DATA_DIR"
 
 #: the largest integer option: every JSON reader holds it exactly, and torch's int64 arithmetic cannot overflow
 MAX_INT = 2**53
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value read as JSON (numbers, true/false, null) and otherwise kept as text; the config that
+    receives it checks its type (a number too long for JSON stays text too)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _short(value: int) -> str:

@@ -100,9 +100,14 @@ def save_samples(model: Model, path: Path, n: int = 64, seed: int = 0, chunk: in
     """``n`` samples as a square-ish grid, decoded ``chunk`` at a time so that memory stays bounded."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ConfigError(f"the number of samples must be between 1 and {MAX_SAMPLES}, got {n}")
+    save_grid(draw_samples(model, n, seed, chunk), path, nrow=max(8, math.ceil(math.sqrt(n))))
+
+
+@torch.no_grad()
+def draw_samples(model: Model, n: int, seed: int = 0, chunk: int = 500) -> torch.Tensor:
+    """``n`` samples from the model's prior (on the CPU), decoded ``chunk`` at a time so that memory stays bounded."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    images = torch.cat([model.sample(min(chunk, n - i), generator).cpu() for i in range(0, n, chunk)])
-    save_grid(images, path, nrow=max(8, math.ceil(math.sqrt(n))))
+    return torch.cat([model.sample(min(chunk, n - i), generator).cpu() for i in range(0, n, chunk)])
 
 
 def save_latent_plot(model: Model, data: ImageData, path: Path, n: int = 2000, method: str = "tsne") -> None:

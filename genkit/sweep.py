@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from genkit.checkpoint import write_json
+from genkit.config import TrainConfig, parse_value
 from genkit.errors import ConfigError, DataError
 from genkit.files import atomic_write
-from genkit.train import TrainConfig
 
 SWEEP_FILE = "sweep.json"
 EVAL_FILE = "eval.json"
@@ -37,17 +38,10 @@ def parse_grid(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid {item!r}: give KEY=V1,V2,... (e.g. latent=2,4,8)")
         if key in grid:
             raise ConfigError(f"--grid names {key} twice: give all its values once, comma-separated")
-        grid[key] = [_value(v) for v in values.split(",")]
+        grid[key] = [parse_value(v) for v in values.split(",")]
     if not grid:
         raise ConfigError("give at least one --grid KEY=V1,V2,...")
     return grid
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -95,7 +89,7 @@ def run_sweep(
         if earlier != manifest:
             raise ConfigError(f"{out} holds another sweep ({recorded} differs): choose another --out")
     else:
-        atomic_write(recorded, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        write_json(recorded, manifest)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     todo = points(grid)
@@ -195,11 +189,11 @@ def varying(summaries: list[RunSummary]) -> list[str]:
 def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
     """FID of ``samples`` draws from the run's own prior against as many test images, saved in ``RUN/eval.json``
     (and reused by later comparisons with the same number of samples)."""
-    import torch
 
     from genkit import fid
     from genkit.checkpoint import load_model
     from genkit.data import load_dataset
+    from genkit.report import draw_samples
 
     if summary.fid and summary.fid.get("samples") == samples:
         return
@@ -209,9 +203,7 @@ def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
                            model.config.image_channels)  # fmt: skip
     n = min(samples, len(test))
     log(f"FID of {summary.name}: {n} samples from its {model.prior.name or 'own'} prior vs {n} test images")
-    generator = torch.Generator(device=model.device).manual_seed(0)
-    with torch.no_grad():
-        drawn = torch.cat([model.sample(min(500, n - i), generator).cpu() for i in range(0, n, 500)])
+    drawn = draw_samples(model, n, seed=0)
     key = f"{Path(dataset).name}-test-{n}"
     value = fid.fid(drawn, test.images[:n], cache_key=key, progress=sys.stderr.isatty())
     summary.fid = {"value": value, "samples": n, "prior": model.prior.name}
@@ -221,7 +213,7 @@ def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
     except (OSError, ValueError):
         earlier = {}
     record = {**(earlier if isinstance(earlier, dict) else {}), "fid": summary.fid}
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    write_json(path, record)
 
 
 def _order(value: Any) -> tuple[int, Any]:
@@ -348,7 +340,7 @@ def compare(paths: list[str], out: Path | None = None, fid_samples: int = 0, log
          "train_seconds": s.seconds}
         for s in summaries
     ]  # fmt: skip
-    atomic_write(out / "compare.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    write_json(out / "compare.json", record)
     log(text.rstrip())
     written = plot_metrics(summaries, keys, out) if keys and any(s.metrics for s in summaries) else []
     sheet = sample_sheet(summaries, out)
