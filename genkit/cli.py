@@ -43,20 +43,32 @@ def cli(debug: bool) -> None:
 @click.option("--kind", type=click.Choice(KINDS), default="models", show_default=True, help="Which plugins.")
 def list_cmd(pattern: str | None, kind: str) -> None:
     """List registered plugins (optionally matching a PATTERN such as '*vae*'); broken ones are flagged."""
-    from genkit import registry
+    import fnmatch
 
-    reg = getattr(registry, kind)
-    wanted = set(reg.names(pattern))
-    rows = [(info, obj) for info, obj in reg.status() if info.name in wanted]
+    from genkit import listing
+
+    group = f"genkit.{kind}"
+    rows = listing.load(group)
+    if rows is None:  # first listing, or the plugins changed: load them (imports torch)
+        from genkit import registry
+
+        rows = [
+            listing.Row(info.name, info.distribution, broken=str(obj))
+            if isinstance(obj, registry.FailedPlugin)
+            else listing.Row(info.name, info.distribution, registry.describe(obj))
+            for info, obj in getattr(registry, kind).status()
+        ]
+        listing.save(group, rows)
+    rows = [row for row in rows if pattern is None or fnmatch.fnmatch(row.name, pattern)]
     if not rows:
         click.echo(f"no {kind} plugins" + (f" match {pattern!r}" if pattern else ""))
         return
-    width = max(len(info.name) for info, _ in rows)
-    for info, obj in rows:
-        if isinstance(obj, registry.FailedPlugin):
-            click.echo(f"{info.name:<{width}}  BROKEN  {obj}")
+    width = max(len(row.name) for row in rows)
+    for row in rows:
+        if row.broken:
+            click.echo(f"{row.name:<{width}}  BROKEN  {row.broken}")
         else:
-            click.echo(f"{info.name:<{width}}  {registry.describe(obj)}  [{info.distribution}]")
+            click.echo(f"{row.name:<{width}}  {row.description}  [{row.distribution}]")
 
 
 def _option_lines(config: Any, prefix: str) -> list[str]:

@@ -34,9 +34,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from genkit.errors import DataError, ShapeError
+from genkit.files import cache_root
 
-#: Environment variable naming genkit's cache root; FID statistics go in its ``fid`` sub-folder.
-CACHE_ENV = "GENKIT_CACHE_DIR"
 #: Feature dimension of InceptionV3's final average pool (pool3).
 DIMS = 2048
 #: Version of the on-disk layout of cached reference statistics.
@@ -280,9 +279,7 @@ def resolve_cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
     """The FID statistics cache: ``path``, else ``$GENKIT_CACHE_DIR/fid``, else ``~/.cache/genkit/fid``."""
     if path is not None:
         return Path(path).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser() / "fid"
-    return Path.home() / ".cache" / "genkit" / "fid"
+    return cache_root() / "fid"
 
 
 def reference_key(dataset: str, split: str, count: int) -> str:

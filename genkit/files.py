@@ -10,6 +10,16 @@ from pathlib import Path
 
 from genkit.errors import DataError, GenkitError
 
+#: Environment variable naming genkit's cache root (FID statistics, the plugin listing).
+CACHE_ENV = "GENKIT_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """genkit's cache folder: ``$GENKIT_CACHE_DIR``, else ``~/.cache/genkit``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "genkit"
+
 
 def atomic_write(path: Path, write: Callable[[Path], None], parents: bool = True) -> None:
     """Write ``path`` through ``write(tmp)`` then rename, so readers see the old or the new file, never half.

@@ -69,6 +69,12 @@ CONV_BASE = """
 """
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """Keep tests out of the user's ``~/.cache/genkit`` (plugin listings, FID statistics); subprocesses inherit it."""
+    os.environ["GENKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("genkit-cache"))
+
+
 @pytest.fixture
 def plugin_site(tmp_path, monkeypatch):
     """A folder on sys.path for fake plugin distributions; registries are refreshed around the test."""

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -75,3 +76,34 @@ def test_python_m_genkit_works():
     result = subprocess.run([sys.executable, "-m", "genkit", "list", "ae"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ae ")
+
+
+def test_list_is_cached_and_needs_no_torch_the_second_time(tmp_path):
+    """``genkit list`` loads the plugins (and torch) once; later listings read the cache, until a plugin changes."""
+    env = {**os.environ, "GENKIT_CACHE_DIR": str(tmp_path)}
+    probe = (
+        "import sys; from genkit.cli import cli; cli.main(['list', '--kind', 'priors'], standalone_mode=False); "
+        "print('torch imported:', 'torch' in sys.modules)"
+    )
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert runs[0].stdout.endswith("torch imported: True\n")
+    assert runs[1].stdout.endswith("torch imported: False\n")
+    assert runs[0].stdout.replace("True", "False") == runs[1].stdout  # the same rows
+    assert "normal  N(0, I)" in runs[1].stdout
+
+
+def test_list_cache_is_ignored_when_a_plugin_module_changes(tmp_path, plugin_site, monkeypatch):
+    from genkit import listing
+
+    monkeypatch.setenv("GENKIT_CACHE_DIR", str(tmp_path))
+    write_distribution(plugin_site, "cache-probe", {"genkit.noise": {"probe": "probe_mod:Probe"}}, {"probe_mod": ""})
+    rows = [listing.Row("probe", "cache-probe", "cached text")]
+    listing.save("genkit.noise", rows)
+    assert listing.load("genkit.noise") == rows
+    module = plugin_site / "probe_mod.py"
+    os.utime(module, ns=(0, module.stat().st_mtime_ns + 1_000_000_000))  # the plugin was edited
+    assert listing.load("genkit.noise") is None
+    # a broken plugin is never cached, so its row is not shown after it is mended
+    listing.save("genkit.noise", [listing.Row("probe", "cache-probe", broken="cache-probe[probe]: failed to load")])
+    assert listing.load("genkit.noise") is None
