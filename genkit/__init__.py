@@ -38,6 +38,8 @@ _EXPORTS = {
     "ShapeError": "genkit.errors",
     "StandardNormal": "genkit.priors",
     "TrainingError": "genkit.errors",
+    "estimate_nll": "genkit.evaluate",
+    "evaluate_run": "genkit.evaluate",
     "get_decoder": "genkit.registry",
     "get_encoder": "genkit.registry",
     "get_loss": "genkit.registry",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # the same names, for type checkers, IDEs and the API docs (g
         ShapeError,
         TrainingError,
     )
+    from genkit.evaluate import estimate_nll, evaluate_run
     from genkit.losses import ELBOLoss, LikelihoodConfig, ReconstructionLoss, reconstruction_nll
     from genkit.model import Model, Preset
     from genkit.noise import NoiseTransform, normal_like, seeded_generator, uniform_like

@@ -168,6 +168,9 @@ class TrainConfig(Config):
     lr: float = option(1e-3, "Adam's learning rate")
     lr_schedule: str = option("constant", "cosine decays the learning rate to 0 over the run", LR_SCHEDULES)
     lr_warmup: int = option(0, "epochs over which the learning rate ramps linearly from 0 (deep nets at high lr)")
+    binarize: bool = option(
+        False, "train on Bernoulli draws of the grey levels, new ones each epoch (the IWAE paper's MNIST protocol)"
+    )
     seed: int = option(0, "fixes initialisation, shuffling, noise, the loss's draws and sampling")
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     amp: bool | None = option(None, "bf16 autocast: null = on CUDA only, true = also on the CPU, false = never")

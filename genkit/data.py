@@ -50,6 +50,11 @@ class ImageData:
         return ImageData(self.images.to(device), self.labels.to(device), self.name, self.classes)
 
 
+def binarize(images: Tensor, seed: int) -> Tensor:
+    """Bernoulli draws of grey levels in [0, 1]: one fixed binarisation (of a test set) for a given seed."""
+    return torch.bernoulli(images.float(), generator=torch.Generator(device=images.device).manual_seed(seed))
+
+
 def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data root: ``data_dir``, else ``$GENKIT_DATA_DIR``, else ``~/.cache/genkit/data``."""
     if data_dir is not None:

@@ -49,6 +49,27 @@ def reconstruction_log_likelihood(
     return per_pixel.flatten(1).sum(1)
 
 
+def importance_log_weights(
+    model: Model,
+    posterior: Posterior,
+    target: Tensor,
+    k: int,
+    likelihood: str = "bernoulli",
+    sigma: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """log p(target, z_i) - log q(z_i | x) for ``k`` draws z_i from ``posterior`` = q(z|x), shaped (k, N).
+
+    ``logsumexp`` over the draws minus log k is the importance-weighted bound on log p(target) (Burda et al.).
+    """
+    z = posterior.sample_n(k, generator)  # (k, N, D)
+    flat = z.flatten(0, 1)
+    targets = target.expand(k, *target.shape).flatten(0, 1)
+    log_px = reconstruction_log_likelihood(model.decode_logits(flat), targets, likelihood, sigma).view(k, -1)
+    log_pz = model.prior.log_prob(flat).float().view(k, -1)
+    return log_px + log_pz - posterior.log_prob(z).float()
+
+
 def reconstruction_nll(logits: Tensor, target: Tensor, likelihood: str = "bernoulli", sigma: float = 0.1) -> Tensor:
     """Negative log-likelihood of the reconstruction, summed over pixels and averaged over the batch."""
     return -reconstruction_log_likelihood(logits, target, likelihood, sigma).mean()

@@ -18,10 +18,10 @@ from typing import Any
 from genkit.checkpoint import write_json
 from genkit.config import TrainConfig, parse_value
 from genkit.errors import ConfigError, DataError
+from genkit.evaluate import EVAL_FILE
 from genkit.files import atomic_write
 
 SWEEP_FILE = "sweep.json"
-EVAL_FILE = "eval.json"
 #: grid keys given to ``genkit run`` as their own flag; any other key is a model or part option (``--set``)
 FLAGS = {f.name for f in fields(TrainConfig)} | {"dataset", "noise", "limit", "encoder", "decoder", "prior", "loss"}
 _KEY = re.compile(r"[A-Za-z_][\w.-]*")
@@ -136,6 +136,7 @@ class RunSummary:
     metrics: dict[str, Any] = field(default_factory=dict)  #: test metrics, empty for an unfinished run
     seconds: float | None = None
     fid: dict[str, Any] | None = None  #: {"value", "samples", "prior"} from eval.json
+    nll: dict[str, Any] | None = None  #: {"nats", "samples", ...} from eval.json (genkit eval --nll)
     name: str = ""  #: how tables and pictures name the run (its folder, with the parent's when two share one)
 
 
@@ -164,12 +165,15 @@ def summarise(run: Path) -> RunSummary:
     except (OSError, ValueError):
         metrics = {}
     try:
-        fid = json.loads((run / EVAL_FILE).read_text()).get("fid")
-    except (OSError, ValueError, AttributeError):
-        fid = None
+        evaluated = json.loads((run / EVAL_FILE).read_text())
+    except (OSError, ValueError):
+        evaluated = {}
+    evaluated = evaluated if isinstance(evaluated, dict) else {}
+    nll = evaluated.get("nll")
     test = metrics.get("test") if isinstance(metrics, dict) else None
     seconds = metrics.get("train_seconds") if isinstance(metrics, dict) else None
-    return RunSummary(run, settings, test if isinstance(test, dict) else {}, seconds, fid)
+    return RunSummary(run, settings, test if isinstance(test, dict) else {}, seconds, evaluated.get("fid"),
+                      nll if isinstance(nll, dict) and "nats" in nll else None)  # fmt: skip
 
 
 #: settings that differ between runs without being an experiment's choice
@@ -189,11 +193,9 @@ def varying(summaries: list[RunSummary]) -> list[str]:
 def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
     """FID of ``samples`` draws from the run's own prior against as many test images, saved in ``RUN/eval.json``
     (and reused by later comparisons with the same number of samples)."""
-
-    from genkit import fid
     from genkit.checkpoint import load_model
     from genkit.data import load_dataset
-    from genkit.report import draw_samples
+    from genkit.evaluate import sample_fid, update_eval_file
 
     if summary.fid and summary.fid.get("samples") == samples:
         return
@@ -201,19 +203,9 @@ def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:
     dataset = summary.settings.get("data.dataset") or "mnist"
     _, test = load_dataset(dataset, summary.settings.get("data.data_dir"), model.config.image_size,
                            model.config.image_channels)  # fmt: skip
-    n = min(samples, len(test))
-    log(f"FID of {summary.name}: {n} samples from its {model.prior.name or 'own'} prior vs {n} test images")
-    drawn = draw_samples(model, n, seed=0)
-    key = f"{Path(dataset).name}-test-{n}"
-    value = fid.fid(drawn, test.images[:n], cache_key=key, progress=sys.stderr.isatty())
-    summary.fid = {"value": value, "samples": n, "prior": model.prior.name}
-    path = summary.path / EVAL_FILE
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        earlier = {}
-    record = {**(earlier if isinstance(earlier, dict) else {}), "fid": summary.fid}
-    write_json(path, record)
+    log(f"{summary.name}:")
+    summary.fid = sample_fid(model, test.images, samples, dataset, log)
+    update_eval_file(summary.path, {"fid": summary.fid})
 
 
 def _order(value: Any) -> tuple[int, Any]:
@@ -235,12 +227,11 @@ def table(summaries: list[RunSummary], keys: list[str]) -> str:
             cells = ["unfinished", "—", "—", "—", "—"]
         else:
             fid = f"{s.fid['value']:.1f} (n={s.fid['samples']})" if s.fid else "—"
-            nll = s.metrics.get("nll")
             cells = [
                 f"{s.metrics['mse']:.4f}" if "mse" in s.metrics else "—",
                 f"{s.metrics['psnr_denoised']:.1f}" if "psnr_denoised" in s.metrics else "—",
                 fid,
-                f"{nll:.2f}" if isinstance(nll, (int, float)) else "—",
+                f"{s.nll['nats']:.2f} (K={s.nll['samples']})" if s.nll else "—",
                 f"{s.seconds:.0f}" if isinstance(s.seconds, (int, float)) else "—",
             ]
         lines.append("| " + " | ".join([s.name, *values, *cells]) + " |")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from genkit import distributed, metrics
 from genkit.config import DEVICES, LR_SCHEDULES, SEED_LIMIT, TrainConfig  # noqa: F401  (their home before 0.2)
-from genkit.data import ImageData
+from genkit.data import ImageData, binarize
 from genkit.errors import ConfigError, TrainingError
 from genkit.model import Model
 from genkit.noise import NoiseTransform
@@ -259,6 +259,8 @@ class Trainer:
         bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         with _NonFiniteGuard(self.optimizer, self.device, self.epoch + 1) as guard:
             for step, clean in enumerate(bar):
+                if cfg.binarize:  # dynamic binarisation: fresh Bernoulli draws of the grey levels every epoch
+                    clean = torch.bernoulli(clean, generator=noise_rng)
                 noisy = self.noise(clean, noise_rng) if self.noise else clean
                 progress = self.epoch + step / count
                 with self.autocast():
@@ -308,6 +310,8 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 2 + self.rank)
         draws = torch.Generator(device=self.device).manual_seed(self.config.seed + 3 + self.rank)
         images = data.images[self.rank :: self.world]  # each process scores its shard; sums are reduced
+        if self.config.binarize:  # a model trained on binary images is scored on one fixed binarisation
+            images = binarize(images, self.config.seed)
         sums: dict[str, float] = {}
         for start in range(0, len(images), self.config.eval_batch_size):
             clean = images[start : start + self.config.eval_batch_size].to(self.device)

@@ -89,3 +89,13 @@ def test_compare_marks_unfinished_runs_instead_of_failing(swept, tmp_path, capsy
     assert (tmp_path / "cmp" / "compare-latent.png").is_file()
     assert main(["compare", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_compare_shows_the_nll_that_genkit_eval_measured(swept, tmp_path, capsys):
+    out, _ = swept
+    assert main(["eval", str(out / "latent=3"), "--nll", "--samples", "4"]) == 0
+    nats = json.loads((out / "latent=3" / "eval.json").read_text())["nll"]["nats"]
+    capsys.readouterr()
+    assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+    rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("| latent")}
+    assert f"| {nats:.2f} (K=4) |" in rows["| latent=3"] and "| — |" in rows["| latent=2"]

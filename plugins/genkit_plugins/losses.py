@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from genkit import Batch, Loss, LossOutput, Model, option, require_density, require_trained_prior
-from genkit.losses import LikelihoodConfig, reconstruct, reconstruction_log_likelihood
+from genkit.losses import LikelihoodConfig, importance_log_weights, reconstruct
 
 
 @dataclass
@@ -18,17 +18,6 @@ class IWAEConfig(LikelihoodConfig):
     k: int = option(5, "importance samples per image (k=1 is the ELBO)")
 
     positive: ClassVar[tuple[str, ...]] = ("sigma", "k")
-
-
-def log_weights(model: Model, batch: Batch, k: int, likelihood: str, sigma: float) -> Tensor:
-    """log p(x, z_i) - log q(z_i | x) for ``k`` posterior draws per image, shaped (k, N)."""
-    posterior = model.encode(batch.x)
-    z = posterior.sample_n(k, batch.generator)  # (k, N, D)
-    flat = z.flatten(0, 1)
-    target = batch.target.expand(k, *batch.target.shape).flatten(0, 1)
-    log_px = reconstruction_log_likelihood(model.decode_logits(flat), target, likelihood, sigma).view(k, -1)
-    log_pz = model.prior.log_prob(flat).float().view(k, -1)
-    return log_px + log_pz - posterior.log_prob(z).float()
 
 
 class IWAELoss(Loss):
@@ -45,7 +34,8 @@ class IWAELoss(Loss):
 
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
-        log_w = log_weights(model, batch, c.k, c.likelihood, c.sigma)
+        posterior = model.encode(batch.x)
+        log_w = importance_log_weights(model, posterior, batch.target, c.k, c.likelihood, c.sigma, batch.generator)
         bound = torch.logsumexp(log_w, dim=0) - math.log(c.k)
         return LossOutput({"iwae": -bound.mean()})
 
