@@ -180,14 +180,32 @@ def summarise(run: Path) -> RunSummary:
 _NOT_CHOICES = ("train.progress", "train.device", "data.data_dir")
 
 
+def _is_part_choice(key: str) -> bool:
+    return key == "model" or (key.startswith("parts.") and key.endswith(".name"))
+
+
 def varying(summaries: list[RunSummary]) -> list[str]:
-    """The settings whose values differ between the runs (what was swept), in a stable order."""
+    """The settings whose values differ between the runs (what was swept), in a stable order.
+
+    When the model or a part differs, options that only follow from that choice (a preset's default head or
+    channels) are left out: they differ only because the models differ.
+    """
+
+    def value(s: RunSummary, key: str) -> str:
+        return json.dumps(s.settings.get(key), sort_keys=True)
+
     keys = dict.fromkeys(k for s in summaries for k in s.settings)
-    return [
-        k
-        for k in keys
-        if k not in _NOT_CHOICES and len({json.dumps(s.settings.get(k), sort_keys=True) for s in summaries}) > 1
-    ]
+    differing = [k for k in keys if k not in _NOT_CHOICES and len({value(s, k) for s in summaries}) > 1]
+    choices = [k for k in differing if _is_part_choice(k)]
+    if not choices:
+        return differing
+    chosen = {id(s): tuple(value(s, k) for k in choices) for s in summaries}
+
+    def implied(key: str) -> bool:  # the same model and parts always come with the same value
+        seen: dict[tuple[str, ...], str] = {}
+        return all(seen.setdefault(chosen[id(s)], value(s, key)) == value(s, key) for s in summaries)
+
+    return [k for k in differing if k in choices or not implied(k)]
 
 
 def add_fid(summary: RunSummary, samples: int, log: Log = print) -> None:

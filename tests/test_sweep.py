@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,22 @@ def test_compare_shows_the_nll_that_genkit_eval_measured(swept, tmp_path, capsys
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
     rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("| latent")}
     assert f"| {nats:.2f} (K=4) |" in rows["| latent=3"] and "| — |" in rows["| latent=2"]
+
+
+def test_compare_leaves_out_options_that_only_follow_from_the_model():
+    from genkit.sweep import RunSummary, varying
+
+    def run(name: str, model: str, head: str, latent: int) -> RunSummary:
+        settings = {"model": model, "parts.encoder.head": head, "model_config.latent": latent, "train.seed": 0}
+        return RunSummary(Path(name), settings, name=name)
+
+    # a model sweep: the encoder head differs only because the models differ
+    models = [run("a", "ae", "deterministic", 8), run("b", "vae-conv", "gaussian", 8)]
+    assert varying(models) == ["model"]
+    # models crossed with latent sizes: the latent is a choice of its own and stays
+    crossed = [run("a2", "ae", "deterministic", 2), run("a8", "ae", "deterministic", 8),
+               run("v2", "vae-conv", "gaussian", 2), run("v8", "vae-conv", "gaussian", 8)]  # fmt: skip
+    assert varying(crossed) == ["model", "model_config.latent"]
+    # a head changed within one model is a choice too
+    heads = [run("a", "ae", "deterministic", 8), run("b", "ae", "gaussian", 8)]
+    assert varying(heads) == ["parts.encoder.head"]
