@@ -67,7 +67,11 @@ def check_gradients_flow(model: Model) -> None:
 
 
 def check_sample_shape(model: Model) -> None:
-    """``sample(n)`` returns n images of the input shape in [0, 1]."""
+    """``sample(n)`` returns n images of the input shape in [0, 1] (an ex-post prior is fitted first, as
+    ``genkit run`` does after training)."""
+    if model.prior.fitted_after_training:
+        images = torch.rand(64, *model.input_shape, generator=torch.Generator().manual_seed(0))
+        model.prior.fit(model.codes(images.to(model.device)))
     samples = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (3, *model.input_shape), f"sample shape {tuple(samples.shape)}"
     assert samples.min() >= 0 and samples.max() <= 1, "samples must lie in [0, 1]"

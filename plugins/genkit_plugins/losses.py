@@ -1,4 +1,5 @@
-"""Losses beyond the ELBO: the importance-weighted bound (``iwae``) and the WAE's MMD penalty (``wae-mmd``)."""
+"""Losses beyond the ELBO: the importance-weighted bound (``iwae``), the WAE's MMD penalty (``wae-mmd``), the
+regularised autoencoder (``rae``), InfoVAE (``info-vae``) and the total-correlation decomposition (``beta-tcvae``)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,132 @@ class WAEMMDLoss(Loss):
             prior_z = model.prior.sample(z.shape[0], batch.generator).to(z.dtype)
             mmd = imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * c.scale)
         return LossOutput({"reconstruction": reconstruction, "mmd": c.weight * mmd})
+
+
+@dataclass
+class RAEConfig(LikelihoodConfig):
+    code_weight: float = option(1e-3, "weight beta of the code penalty beta * |z|^2 / 2")
+    regulariser: str = option("l2", "decoder regulariser: l2 (weight decay) or gp (gradient penalty)", ("l2", "gp"))
+    decoder_weight: float = option(1e-6, "weight lambda of the decoder regulariser")
+
+    non_negative: ClassVar[tuple[str, ...]] = ("code_weight", "decoder_weight")
+
+
+def decoder_gradient_penalty(model: Model, z: Tensor, generator: torch.Generator | None) -> Tensor:
+    """|J|_F^2 of the decoder's images with respect to the code, estimated as |J^T v|^2 with v ~ N(0, I).
+
+    The code is detached: the penalty smooths the decoder (RAE-GP), not the encoder.
+    """
+    code = z.detach().float().requires_grad_(True)
+    with torch.enable_grad():  # also when the trainer evaluates under no_grad
+        images = torch.sigmoid(model.decode_logits(code))
+        v = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        (grad,) = torch.autograd.grad((images * v).sum(), code, create_graph=model.training)
+    return grad.pow(2).sum(1).mean()
+
+
+class RAELoss(Loss):
+    """Regularised autoencoder (Ghosh et al. 2020): reconstruction + beta |z|^2/2 + a decoder regulariser.
+
+    ``regulariser=l2`` adds lambda times the decoder's squared weights (RAE-L2), ``gp`` lambda times the
+    decoder's squared Jacobian norm (RAE-GP). Deterministic codes: sample through an ex-post prior (gmm).
+    """
+
+    config_class = RAEConfig
+
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
+        c = self.config
+        _, z, reconstruction = reconstruct(model, batch, c, draw=False)
+        terms = {"reconstruction": reconstruction, "code": c.code_weight * 0.5 * z.float().pow(2).sum(1).mean()}
+        if c.regulariser == "gp":
+            terms["decoder_gp"] = c.decoder_weight * decoder_gradient_penalty(model, z, batch.generator)
+        else:
+            squares = sum(p.float().pow(2).sum() for p in model.decoder.parameters())
+            terms["decoder_l2"] = c.decoder_weight * squares
+        return LossOutput(terms)
+
+
+@dataclass
+class InfoVAEConfig(LikelihoodConfig):
+    alpha: float = option(0.0, "alpha of Zhao et al.: the KL term is weighted 1 - alpha")
+    weight: float = option(100.0, "lambda of Zhao et al.: the MMD term is weighted alpha + lambda - 1")
+    scale: float = option(1.0, "kernel scale: C = 2 * latent * scale in the IMQ kernel C / (C + |x - y|^2)")
+
+    positive: ClassVar[tuple[str, ...]] = ("sigma", "scale")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.alpha > 1 or self.alpha + self.weight - 1 < 0:
+            from genkit import ConfigError
+
+            raise ConfigError(f"need alpha <= 1 and alpha + weight >= 1, got alpha={self.alpha}, weight={self.weight}")
+
+
+class InfoVAELoss(Loss):
+    """InfoVAE (Zhao et al. 2019): reconstruction + (1 - alpha) KL + (alpha + lambda - 1) MMD(q(z), p(z)).
+
+    The MMD between the batch's codes and prior draws is the ``wae-mmd`` loss's IMQ estimate.
+    """
+
+    config_class = InfoVAEConfig
+
+    def check(self, model: Model) -> None:
+        require_density(self, model, "the KL term")
+        require_trained_prior(self, model)
+
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
+        c = self.config
+        posterior, z, reconstruction = reconstruct(model, batch, c)
+        kl = (1 - c.alpha) * model.prior.kl(posterior, z).float().mean()
+        mmd = z.float().sum() * 0.0
+        if z.shape[0] >= 2:  # no pairs to compare in a batch of one
+            prior_z = model.prior.sample(z.shape[0], batch.generator)
+            mmd = imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * c.scale)
+        return LossOutput({"reconstruction": reconstruction, "kl": kl, "mmd": (c.alpha + c.weight - 1) * mmd})
+
+
+@dataclass
+class TCConfig(LikelihoodConfig):
+    alpha: float = option(1.0, "weight of the index-code mutual information")
+    beta: float = option(6.0, "weight of the total correlation")
+    gamma: float = option(1.0, "weight of the dimension-wise KL")
+    dataset_size: int = option(60000, "training images N, for the minibatch-weighted sampling estimate of q(z)")
+
+    positive: ClassVar[tuple[str, ...]] = ("sigma", "dataset_size")
+    non_negative: ClassVar[tuple[str, ...]] = ("alpha", "beta", "gamma")
+
+
+def _log_normal(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    return -0.5 * ((z - mean) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi))
+
+
+class BetaTCVAELoss(Loss):
+    """beta-TCVAE (Chen et al. 2018): the KL split into mutual information, total correlation and
+    dimension-wise KL, estimated by minibatch-weighted sampling; each term reported with its weight."""
+
+    config_class = TCConfig
+
+    def check(self, model: Model) -> None:
+        require_density(self, model, "the KL decomposition")
+        require_trained_prior(self, model)
+
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
+        c = self.config
+        posterior, z, reconstruction = reconstruct(model, batch, c)
+        z, mean, logvar = z.float(), posterior.mean.float(), posterior.logvar.float()
+        m = z.shape[0]
+        # log q(z_i | x_j) per dimension for every pair in the batch: (M, M, D)
+        pairs = _log_normal(z[:, None, :], mean[None, :, :], logvar[None, :, :])
+        log_norm = math.log(c.dataset_size * m)
+        log_qz = torch.logsumexp(pairs.sum(2), dim=1) - log_norm
+        log_prod_qz = (torch.logsumexp(pairs, dim=1) - log_norm).sum(1)
+        log_qz_x = _log_normal(z, mean, logvar).sum(1)
+        log_pz = model.prior.log_prob(z).float()
+        return LossOutput(
+            {
+                "reconstruction": reconstruction,
+                "mi": c.alpha * (log_qz_x - log_qz).mean(),
+                "tc": c.beta * (log_qz - log_prod_qz).mean(),
+                "dim_kl": c.gamma * (log_prod_qz - log_pz).mean(),
+            }
+        )

@@ -57,3 +57,39 @@ vamp_vae = Preset(
     loss="elbo",
     options={"model": {"latent": 10}, "prior": {"components": 50}},
 )
+
+rae = Preset(
+    "Regularised autoencoder, RAE-L2 (Ghosh et al. 2020): code and decoder-weight penalties; samples via gmm",
+    encoder="conv",
+    decoder="conv",
+    prior="gmm",  # ex-post: fitted to the training codes after the last epoch
+    loss="rae",
+    options={"encoder": {"head": "deterministic"}},
+)
+
+rae_gp = Preset(
+    "Regularised autoencoder, RAE-GP (Ghosh et al. 2020): a decoder gradient penalty; samples via gmm",
+    encoder="conv",
+    decoder="conv",
+    prior="gmm",
+    loss="rae",
+    options={"encoder": {"head": "deterministic"}, "loss": {"regulariser": "gp", "decoder_weight": 1e-2}},
+)
+
+info_vae = Preset(
+    "InfoVAE (Zhao et al. 2019): the conv VAE with an MMD term matching the aggregate posterior to the prior",
+    encoder="conv",
+    decoder="conv",
+    prior="normal",
+    loss="info-vae",
+    options={"model": {"latent": 10}},
+)
+
+beta_tcvae = Preset(
+    "beta-TCVAE (Chen et al. 2018): the conv VAE with its KL split into MI, total correlation and dim-wise KL",
+    encoder="conv",
+    decoder="conv",
+    prior="normal",
+    loss="beta-tcvae",
+    options={"model": {"latent": 10}},
+)
