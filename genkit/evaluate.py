@@ -51,10 +51,10 @@ def nll_unavailable(model: Model) -> str | None:
             f"{label} has no NLL: its encoder gives point codes, with no density q(z|x) to importance-sample "
             "(models with a Gaussian encoder have one, e.g. vae-conv or iwae)"
         )
+    if not model.prior.has_density:
+        return f"{label} has no NLL: its prior {model.prior.label()} has no density log p(z) (try --prior gmm)"
     try:
         model.prior.log_prob(torch.zeros(1, model.config.latent, device=model.device))
-    except NotImplementedError:
-        return f"{label} has no NLL: its prior {model.prior.label()} has no density log p(z)"
     except Exception as exc:  # e.g. an ex-post prior that was never fitted
         return f"{label} has no NLL: its prior {model.prior.label()} cannot score codes ({exc})"
     return None

@@ -155,6 +155,9 @@ class Prior(Part):
 
     kind = "prior"
     fitted_after_training: ClassVar[bool] = False
+    #: False for a prior that only samples (e.g. a diffusion model): ``log_prob`` raises NotImplementedError,
+    #: and losses and likelihoods that need log p(z) refuse it
+    has_density: ClassVar[bool] = True
 
     def __init__(self, config: Config | int | None = None, dims: ModelConfig | None = None) -> None:
         if isinstance(config, int) and not isinstance(config, bool):  # Prior(latent), the short form
