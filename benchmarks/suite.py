@@ -5,7 +5,8 @@
 
 Scores: test reconstruction MSE (posterior mean, whole test split), denoising PSNR for the noisy input
 and the model's output per noise type and level, sample FID (pytorch-fid InceptionV3) with the N(0, I)
-prior and with a GMM fitted to the training codes, wall time and images/s. Results go to
+prior and with priors fitted to the training codes (GMM, diffusion), the importance-sampled test NLL, wall
+time and images/s. Results go to
 ``benchmarks/results/<dataset>-<device>[-quick].json`` and a markdown table beside it.
 """
 
@@ -25,7 +26,9 @@ import genkit
 from benchmarks.results_io import write_results
 from genkit import fid
 from genkit.data import ImageData, load_dataset
+from genkit.evaluate import estimate_nll, nll_unavailable
 from genkit.priors import fit_prior
+from genkit.report import draw_samples
 from genkit.train import TrainConfig, Trainer, device_name
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,7 +66,17 @@ class Protocol:
     train_limit: int | None = None
     test_limit: int | None = None
     gmm_components: int = 10
+    #: priors fitted to the training codes after training, each scored by FID beside the model's own
+    ex_post: tuple[str, ...] = ("gmm",)
+    #: importance samples per test image for the NLL column (0: no column)
+    nll_samples: int = 0
+    #: train on dynamically binarised images (the NLL literature's MNIST protocol)
+    binarize: bool = False
     entries: list[Entry] = field(default_factory=list)
+
+
+#: what protocol fields added later mean for result files written before them
+LATER_FIELDS = {"ex_post": ["gmm"], "nll_samples": 0, "binarize": False}
 
 
 #: the conv nets with an extra 3x3 convolution at each resolution, 1.5x the channels and a 2x wider dense layer
@@ -99,7 +112,20 @@ PROTOCOLS = {
         train_limit=10_000,
         test_limit=1000,
         fid_samples=200,
-        entries=[Entry("ae"), Entry("vae-conv"), Entry("ae", noise="gaussian:0.5")],
+        ex_post=("gmm", "diffusion"),
+        nll_samples=100,
+        entries=[
+            Entry("ae"),
+            Entry("vae-conv"),
+            Entry("ae", noise="gaussian:0.5"),
+            Entry("iwae"),
+            Entry("wae"),
+            Entry("vamp-vae"),
+            Entry("rae"),
+            Entry("rae-gp"),
+            Entry("info-vae"),
+            Entry("beta-tcvae"),
+        ],
     ),
 }
 
@@ -112,18 +138,15 @@ def score(trainer: Trainer, train: ImageData, test: ImageData, protocol: Protoco
         scores = trainer.evaluate(test, genkit.get_noise(spec))
         result["test_mse"] = scores["mse"]  # the same for every noise: reconstructions of the clean images
         result["psnr"][spec] = {"noisy": scores["psnr_noisy"], "output": scores["psnr_denoised"]}
+    if protocol.nll_samples:
+        reason = nll_unavailable(model)
+        result["nll"] = None if reason else asdict(estimate_nll(model, test.images, protocol.nll_samples))
     result["fid"] = {}
-    for prior in ("prior", "gmm"):
-        if prior == "gmm":
-            fit_prior(model, "gmm", train.images, components=protocol.gmm_components)
-        generator = genkit.seeded_generator(protocol.seed, device)
-        with torch.no_grad():
-            samples = torch.cat(
-                [
-                    model.sample(min(1000, protocol.fid_samples - i), generator).cpu()
-                    for i in range(0, protocol.fid_samples, 1000)
-                ]
-            )
+    for prior in ("prior", *protocol.ex_post):
+        if prior != "prior":
+            options = {"components": protocol.gmm_components} if prior == "gmm" else {}
+            fit_prior(model, prior, train.images, **options)
+        samples = draw_samples(model, protocol.fid_samples, seed=protocol.seed, chunk=1000)  # as rows before 0.3
         mu, sigma = fid.feature_statistics(samples, device=device, progress=sys.stderr.isatty())
         result["fid"][prior] = fid.frechet_distance(mu, sigma, *reference)
     return result
@@ -135,7 +158,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
     n_ref = min(len(test), protocol.fid_samples)
     key = f"{protocol.dataset}-test-{n_ref}"
     reference = fid.reference_statistics(key, test.images[:n_ref], device=device, progress=sys.stderr.isatty())
-    settings = {k: v for k, v in asdict(protocol).items() if k != "entries"}
+    settings = json.loads(json.dumps({k: v for k, v in asdict(protocol).items() if k != "entries"}))  # as saved
     record = {
         "protocol": settings,
         "fid_protocol": fid.protocol()
@@ -158,6 +181,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             lr_warmup=protocol.lr_warmup,
             seed=protocol.seed,
             device=str(device),
+            binarize=protocol.binarize,
             channels_last=True,  # as the earlier rows trained (it was the default before genkit 0.2)
             progress=sys.stderr.isatty(),
         )
@@ -189,7 +213,7 @@ def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict
         earlier = json.loads(out.read_text())
     except (OSError, ValueError):
         return []
-    same = earlier.get("protocol") == settings and earlier.get("device") == device
+    same = {**LATER_FIELDS, **earlier.get("protocol", {})} == settings and earlier.get("device") == device
     if not same:
         return []
     # rows from before rows named their machine ran on the one the earlier file names
@@ -209,6 +233,8 @@ def markdown(record: dict[str, Any]) -> str:
         return row.get("device_name", record["device_name"])
 
     machines = list(dict.fromkeys(machine(r) for r in record["results"]))
+    ex_post = p.get("ex_post", LATER_FIELDS["ex_post"])
+    nll = bool(p.get("nll_samples"))
     several = len(machines) > 1
     lines = [
         f"# {p['dataset']} — protocol `{p['name']}` on {' and '.join(machines or [record['device_name']])} "
@@ -216,21 +242,28 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
         f"({p.get('lr_schedule', 'constant')}{warmup_text(p.get('lr_warmup', 0))}), seed {p['seed']}, "
-        f"train images {p['train_limit'] or 'all'}, test images {p['test_limit'] or 'all'}; "
+        f"train images {p['train_limit'] or 'all'}{' (dynamically binarised)' * bool(p.get('binarize'))}, "
+        f"test images {p['test_limit'] or 'all'}; "
         f"FID: {record['fid_protocol']['samples']} samples vs {record['fid_protocol']['reference']}, "
         f"{record['fid_protocol']['implementation']}; FID prior: samples from the model's own prior (N(0,I) "
-        "unless the cell names another); PSNR in dB (noisy input → model output).",
+        "unless the cell names another); NLL: importance-sampled -log p(x) per test image with its standard error "
+        "(models whose encoder gives point codes have none); PSNR in dB (noisy input → model output).",
         "",
-        "| model | test MSE | FID prior | FID GMM | "
+        "| model | test MSE | FID prior | "
+        + "".join(f"FID {prior} | " for prior in ex_post)
+        + (f"NLL nats (K={p['nll_samples']}) | " if nll else "")
         + " | ".join(f"PSNR {s}" for s in DENOISING)
         + " | img/s | wall s |"
         + " machine |" * several,
-        "|---" * (6 + several + len(DENOISING)) + "|",
+        "|---" * (5 + len(ex_post) + nll + several + len(DENOISING)) + "|",
     ]
     for r in record["results"]:
         psnr = " | ".join(f"{r['psnr'][s]['noisy']:.1f} → {r['psnr'][s]['output']:.1f}" for s in DENOISING)
+        fids = "".join(f"{r['fid'][prior]:.1f} | " if prior in r["fid"] else "— | " for prior in ex_post)
+        found = r.get("nll")
+        nlls = (f"{found['nats']:.2f} ± {found['stderr']:.2f} | " if found else "— | ") if nll else ""
         lines.append(
-            f"| {r['label']} | {r['test_mse']:.4f} | {_own_prior_fid(r)} | {r['fid']['gmm']:.1f} | {psnr} "
+            f"| {r['label']} | {r['test_mse']:.4f} | {_own_prior_fid(r)} | {fids}{nlls}{psnr} "
             f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |" + f" {machine(r)} |" * several
         )
     return "\n".join(lines) + "\n"

@@ -250,7 +250,7 @@ def table(summaries: list[RunSummary], keys: list[str]) -> str:
                 f"{s.metrics['psnr_denoised']:.1f}" if "psnr_denoised" in s.metrics else "—",
                 fid,
                 f"{s.nll['nats']:.2f} (K={s.nll['samples']})" if s.nll else "—",
-                f"{s.seconds:.0f}" if isinstance(s.seconds, (int, float)) else "—",
+                f"{s.seconds:.{0 if s.seconds >= 10 else 1}f}" if isinstance(s.seconds, (int, float)) else "—",
             ]
         lines.append("| " + " | ".join([s.name, *values, *cells]) + " |")
     return "\n".join(lines) + "\n"
@@ -267,6 +267,8 @@ def plot_metrics(summaries: list[RunSummary], keys: list[str], out: Path) -> lis
     ]
     if any(s.fid for s in finished):
         metrics.append(("FID", lambda s: s.fid["value"] if s.fid else None))
+    if any(s.nll for s in finished):
+        metrics.append(("test NLL nats", lambda s: s.nll["nats"] if s.nll else None))
     plt = _pyplot()
     written = []
     for key in keys:

@@ -20,7 +20,14 @@ def fid_weights():
 
 def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     protocol = suite.Protocol(
-        "tiny", epochs=2, train_limit=8192, test_limit=64, fid_samples=48, gmm_components=2, entries=[suite.Entry("ae")]
+        "tiny",
+        epochs=2,
+        train_limit=8192,
+        test_limit=64,
+        fid_samples=48,
+        gmm_components=2,
+        nll_samples=4,
+        entries=[suite.Entry("ae")],
     )
     out = tmp_path / "mnist-cpu-tiny.json"
     record = suite.run(protocol, torch.device("cpu"), out)
@@ -34,7 +41,8 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     assert row["fid"]["prior"] > 0 and row["prior"] == "normal" and row["fid"]["gmm"] > 0
     assert saved["fid_protocol"]["samples"] == 48 and saved["fid_protocol"]["weights_sha256"]
     table = out.with_suffix(".md").read_text()
-    assert f"| ae | {row['test_mse']:.4f} | {row['fid']['prior']:.1f} | {row['fid']['gmm']:.1f} |" in table
+    assert f"| ae | {row['test_mse']:.4f} | {row['fid']['prior']:.1f} | {row['fid']['gmm']:.1f} | — |" in table
+    assert row["nll"] is None and "| NLL nats (K=4) |" in table  # an autoencoder has no likelihood
 
     # a later run of other rows of the same protocol adds to the file; a row run again replaces its old self
     protocol.entries = [suite.Entry("ae", {"hidden": 32}), suite.Entry("ae")]
@@ -60,11 +68,13 @@ def test_rows_of_an_earlier_file_keep_the_machine_they_ran_on(tmp_path):
     rows = [{"label": "ae"}, {"label": "vae-conv", "device_name": "AMD EPYC (x86_64)"}]
     earlier = {"protocol": {"name": "full"}, "device": "cpu", "device_name": "x86_64", "results": rows}
     out.write_text(json.dumps(earlier))
-    assert suite._earlier_rows(out, {"name": "full"}, "cpu") == [
+    # a file from before a protocol field existed holds rows of that field's default
+    assert suite._earlier_rows(out, {"name": "full", **suite.LATER_FIELDS}, "cpu") == [
         {"label": "ae", "device_name": "x86_64"},  # written before rows named their machine: the file's
         {"label": "vae-conv", "device_name": "AMD EPYC (x86_64)"},
     ]
-    assert suite._earlier_rows(out, {"name": "quick"}, "cpu") == []
+    assert suite._earlier_rows(out, {"name": "quick", **suite.LATER_FIELDS}, "cpu") == []
+    assert suite._earlier_rows(out, {"name": "full", **suite.LATER_FIELDS, "nll_samples": 10}, "cpu") == []
 
 
 def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
