@@ -16,6 +16,7 @@ Each ``check_*`` function is also usable on its own, e.g. parametrised over ``ge
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, ClassVar
 
@@ -143,7 +144,7 @@ SMALL_NETS = {
     "decoder.hidden": 32,
 }
 #: presets tried, in order, to compose a model around a prior or a loss
-HOST_MODELS = ("vae-conv", "ae")
+HOST_MODELS = ("vae-conv", "ae", "vq-vae")
 
 
 def _seeded(seed: int) -> torch.Generator:
@@ -241,13 +242,17 @@ def check_encoder_sampling(name: str, options: dict[str, Any] | None = None) -> 
 
 
 def check_encoder_gradients(name: str, options: dict[str, Any] | None = None) -> None:
-    """Gradients of the posterior (mean and logvar) reach every encoder parameter."""
+    """Gradients of the posterior (mean, logvar and any other float tensor a posterior subclass carries, such as a
+    quantised code) reach every encoder parameter."""
     dims = ModelConfig(latent=LATENT)
     encoder = _build("encoder", name, options, dims)
     posterior = encoder(_images(dims))
-    out = (posterior.mean * torch.randn(posterior.mean.shape, generator=_seeded(2))).sum()
-    if posterior.logvar is not None:
-        out = out + (posterior.logvar * torch.randn(posterior.logvar.shape, generator=_seeded(3))).sum()
+    tensors = [v for f in dataclasses.fields(posterior) if isinstance(v := getattr(posterior, f.name), torch.Tensor)]
+    out = sum(
+        (t * torch.randn(t.shape, generator=_seeded(2 + i))).sum()
+        for i, t in enumerate(tensors)
+        if t.is_floating_point() and t.requires_grad
+    )
     out.backward()
     _assert_gradients(encoder, f"encoder {name}")
 

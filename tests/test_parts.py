@@ -58,8 +58,12 @@ def test_every_registered_decoder_conforms(name, check):
     check(name)
 
 
-#: options that make a slow part fast enough to check many times (its defaults fit for a minute)
-FAST = {"diffusion": {"train_steps": 100, "hidden": 32, "layers": 1, "sample_steps": 10}}
+#: options for the checks: a slow part made fast (diffusion's defaults fit for a minute), and room in the
+#: categorical prior for the checks' synthetic (unquantised) codes
+FAST = {
+    "diffusion": {"train_steps": 100, "hidden": 32, "layers": 1, "sample_steps": 10},
+    "categorical": {"codebook": 1024},
+}
 
 
 @pytest.mark.parametrize("check", PRIOR_CHECKS, ids=lambda c: c.__name__)

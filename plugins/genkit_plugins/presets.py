@@ -93,3 +93,11 @@ beta_tcvae = Preset(
     loss="beta-tcvae",
     options={"model": {"latent": 10}},
 )
+
+vq_vae = Preset(
+    "VQ-VAE (van den Oord et al. 2017): a codebook-quantised code; samples via a per-position categorical prior",
+    encoder="vq",
+    decoder="conv",
+    prior="categorical",  # ex-post: fitted to the training codes after the last epoch
+    loss="vq",
+)

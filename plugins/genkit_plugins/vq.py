@@ -1,0 +1,220 @@
+"""Vector quantisation (van den Oord et al. 2017): the ``vq`` encoder, the ``vq`` loss and the ``categorical`` prior.
+
+The latent vector of ``latent`` numbers is read as ``latent / code_dim`` positions of ``code_dim`` numbers; each
+position is replaced by its nearest of ``codebook`` learned vectors. The decoder is any decoder of the latent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from genkit import Batch, Config, ConfigError, Loss, LossOutput, Model, ModelConfig, Posterior, Prior, option
+from genkit.losses import LikelihoodConfig, reconstruction_nll
+from genkit_plugins.nets import ConvEncoder, ConvEncoderConfig, ConvNetConfig
+
+
+@dataclass
+class VQPosterior(Posterior):
+    """A categorical (one-hot) posterior: each position's code index, the code before quantisation and after.
+
+    ``mean`` is the quantised code with the straight-through gradient: its value is ``quantized``, its gradient
+    goes to ``latent`` (the encoder's output). There is no density.
+    """
+
+    indices: Tensor | None = None  #: (N, positions) codebook indices
+    latent: Tensor | None = None  #: (N, latent) the encoder's output before quantisation
+    quantized: Tensor | None = None  #: (N, latent) the nearest codebook vectors (gradient to the codebook)
+
+
+@dataclass
+class VQEncoderConfig(ConvNetConfig):
+    codebook: int = option(256, "vectors in the codebook")
+    code_dim: int = option(2, "numbers per quantised position (latent / code_dim positions)")
+    ema: bool = option(False, "update the codebook by exponential moving averages instead of its loss term")
+    decay: float = option(0.99, "EMA decay of the codebook updates")
+
+    positive: ClassVar[tuple[str, ...]] = ("channels", "hidden", "codebook", "code_dim")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.decay < 1:
+            raise ConfigError(f"decay must be between 0 and 1, got {self.decay}")
+
+
+class VQConvEncoder(ConvEncoder):
+    """The conv encoder's point code, each of its positions quantised to the nearest codebook vector."""
+
+    config_class = VQEncoderConfig
+    quantizes: ClassVar[bool] = True
+
+    def __init__(self, config: VQEncoderConfig, dims: ModelConfig) -> None:
+        if dims.latent % config.code_dim:
+            raise ConfigError(f"vq encoder: latent ({dims.latent}) must be a multiple of code_dim ({config.code_dim})")
+        net_options = {k: getattr(config, k) for k in ConvNetConfig.defaults()}
+        super().__init__(ConvEncoderConfig(**net_options, head="deterministic"), dims)
+        self.config = config  # the vq options, not the inner conv net's
+        self.positions = dims.latent // config.code_dim
+        self.codebook = nn.Parameter(torch.empty(config.codebook, config.code_dim).uniform_(-1, 1))
+        if config.ema:  # moved by averages of the codes assigned to each vector, not by gradients
+            self.codebook.requires_grad_(False)
+            self.register_buffer("ema_count", torch.ones(config.codebook))
+            self.register_buffer("ema_sum", self.codebook.detach().clone())
+
+    def nearest(self, z: Tensor) -> Tensor:
+        """Index of the nearest codebook vector for each position of ``z`` (N, latent): (N, positions)."""
+        flat = z.reshape(-1, self.config.code_dim).float()
+        book = self.codebook.float()
+        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)[None]
+        return distance.argmin(1).view(z.shape[0], self.positions)
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """The code (N, latent) for codebook ``indices`` (N, positions)."""
+        return self.codebook[indices].reshape(indices.shape[0], -1)
+
+    def forward(self, x: Tensor) -> VQPosterior:
+        latent = super().forward(x).mean
+        indices = self.nearest(latent.detach())
+        if self.training and self.config.ema:
+            self._ema_update(latent.detach(), indices)
+        quantized = self.lookup(indices).to(latent.dtype)
+        # straight through: the value of the quantised code (to rounding), the gradient of the encoder's output;
+        # without gradients the code is exactly the codebook vectors
+        code = latent + (quantized - latent).detach() if latent.requires_grad else quantized
+        return VQPosterior(code, indices=indices, latent=latent, quantized=quantized)
+
+    @torch.no_grad()
+    def _ema_update(self, latent: Tensor, indices: Tensor) -> None:
+        c = self.config
+        flat = latent.reshape(-1, c.code_dim).float()
+        onehot = nn.functional.one_hot(indices.reshape(-1), c.codebook).float()
+        self.ema_count.mul_(c.decay).add_(onehot.sum(0), alpha=1 - c.decay)
+        self.ema_sum.mul_(c.decay).add_(onehot.T @ flat, alpha=1 - c.decay)
+        total = self.ema_count.sum()
+        count = (self.ema_count + 1e-5) / (total + c.codebook * 1e-5) * total  # Laplace smoothing: no zero counts
+        self.codebook.copy_(self.ema_sum / count[:, None])
+
+
+@dataclass
+class VQLossConfig(LikelihoodConfig):
+    commitment: float = option(0.25, "weight beta of the commitment term |z_e - sg(z_q)|^2")
+
+    non_negative: ClassVar[tuple[str, ...]] = ("commitment",)
+
+
+class VQLoss(Loss):
+    """VQ-VAE loss: reconstruction from the quantised code + the codebook term |sg(z_e) - z_q|^2 (unless the
+    codebook moves by EMA) + beta times the commitment term |z_e - sg(z_q)|^2."""
+
+    config_class = VQLossConfig
+
+    def check(self, model: Model) -> None:
+        if not getattr(model.encoder, "quantizes", False):
+            raise ConfigError(
+                f"{self.label()} cannot work with {model.encoder.label()}: it needs a quantising encoder (--encoder vq)"
+            )
+
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
+        c = self.config
+        posterior = model.encode(batch.x)
+        reconstruction = reconstruction_nll(model.decode_logits(posterior.mean), batch.target, c.likelihood, c.sigma)
+        latent, quantized = posterior.latent.float(), posterior.quantized.float()
+        terms = {
+            "reconstruction": reconstruction,
+            "commitment": c.commitment * (latent - quantized.detach()).pow(2).sum(1).mean(),
+        }
+        if not model.encoder.config.ema:
+            terms["codebook"] = (latent.detach() - quantized).pow(2).sum(1).mean()
+        return LossOutput(terms)
+
+
+@dataclass
+class CategoricalConfig(Config):
+    codebook: int = option(256, "distinct code vectors it can hold (the vq encoder's codebook size)")
+    code_dim: int = option(2, "numbers per position (the vq encoder's code_dim)")
+    smoothing: float = option(0.01, "count added to every vector seen in training, at every position")
+
+    positive: ClassVar[tuple[str, ...]] = ("codebook", "code_dim")
+    non_negative: ClassVar[tuple[str, ...]] = ("smoothing",)
+
+
+class CategoricalCodePrior(Prior):
+    """Per-position categorical over quantised codes, fitted after training: p(z) = prod_p p_p(code at p).
+
+    It learns the code vectors from the training codes themselves (at most ``codebook`` distinct ones), so it
+    needs no access to the encoder. It has a probability mass (``log_mass``), not a density.
+    """
+
+    config_class = CategoricalConfig
+    fitted_after_training = True
+    has_density = False
+
+    def __init__(self, config: CategoricalConfig | None = None, dims: ModelConfig | None = None, **options: Any):
+        if config is None:
+            config = CategoricalConfig.from_dict(options, owner="prior categorical")
+        super().__init__(config, dims)
+        if self.latent % config.code_dim:
+            raise ConfigError(
+                f"categorical prior: latent ({self.latent}) must be a multiple of code_dim ({config.code_dim})"
+            )
+        self.positions = self.latent // config.code_dim
+        self.register_buffer("table", torch.zeros(config.codebook, config.code_dim))
+        self.register_buffer("logits", torch.full((self.positions, config.codebook), -torch.inf))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def check(self, model: Model) -> None:
+        encoder = model.encoder.config
+        for key in ("codebook", "code_dim"):
+            if hasattr(encoder, key) and getattr(encoder, key) != getattr(self.config, key):
+                raise ConfigError(
+                    f"{self.label()} and {model.encoder.label()} disagree on {key} "
+                    f"({getattr(self.config, key)} vs {getattr(encoder, key)}): set both with --set {key}=N"
+                )
+
+    def _require_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise ConfigError(
+                "the categorical prior is not fitted: fit it to training codes first (genkit sample RUN --prior "
+                "categorical, or genkit.priors.fit_prior(model, 'categorical', train_images))"
+            )
+
+    def fit(self, codes: Tensor) -> None:
+        c = self.config
+        vectors = codes.detach().reshape(-1, c.code_dim).float()
+        table, inverse = torch.unique(vectors, dim=0, return_inverse=True)
+        if len(table) > c.codebook:
+            raise ConfigError(
+                f"categorical prior: the codes hold {len(table)} distinct vectors, more than codebook={c.codebook}: "
+                "fit it to quantised codes (the vq encoder's)"
+            )
+        counts = torch.zeros(self.positions, c.codebook, device=vectors.device)
+        position = torch.arange(self.positions, device=vectors.device).repeat(codes.shape[0])
+        counts.index_put_((position, inverse), torch.ones_like(position, dtype=counts.dtype), accumulate=True)
+        seen = torch.zeros(c.codebook, dtype=torch.bool, device=vectors.device)
+        seen[: len(table)] = True
+        logits = torch.where(seen, (counts + c.smoothing).log(), torch.full_like(counts, -torch.inf))
+        self.table.zero_()
+        self.table[: len(table)] = table.to(self.table)
+        self.logits.copy_(logits.log_softmax(1))
+        self.fitted.fill_(True)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        self._require_fitted()
+        probs = self.logits.exp()
+        index = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, positions)
+        return self.table[index].reshape(n, self.latent)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        raise NotImplementedError("a categorical prior has a probability mass over codes, not a density: use log_mass")
+
+    def log_mass(self, z: Tensor) -> Tensor:
+        """log P(code) in nats of the nearest known code to each ``z`` (..., latent): the rate of the code."""
+        self._require_fitted()
+        flat = z.reshape(-1, self.config.code_dim).float()
+        used = torch.isfinite(self.logits).any(0)
+        distance = torch.cdist(flat, self.table.float()).masked_fill(~used[None], torch.inf)
+        index = distance.argmin(1).view(-1, self.positions)  # (codes, positions)
+        return self.logits.gather(1, index.T).T.sum(-1).view(z.shape[:-1])
