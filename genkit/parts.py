@@ -208,6 +208,19 @@ class Loss(Part):
         """The named loss terms of ``batch`` under ``model``."""
         raise NotImplementedError
 
+    def adversary(self) -> nn.Module | None:
+        """A network trained against the model with its own optimizer (e.g. a discriminator), or ``None``.
+
+        The trainer leaves its parameters out of the model's optimizer and, after each model step, steps a
+        second Adam (same learning rate and schedule) on ``adversary_loss``. Its terms are logged as
+        ``adversary_NAME`` and are not part of the model's loss.
+        """
+        return None
+
+    def adversary_loss(self, model: Model, batch: Batch) -> LossOutput:  # pragma: no cover - abstract
+        """The adversary's loss terms on ``batch``; use the model's outputs detached (only the adversary learns)."""
+        raise NotImplementedError
+
 
 def require_density(part: Part, model: Model, why: str) -> None:
     """Raise ``ConfigError`` unless ``model``'s encoder gives a posterior with a density (``why`` says what for)."""

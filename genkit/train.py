@@ -26,6 +26,10 @@ from genkit.data import ImageData, binarize
 from genkit.errors import ConfigError, TrainingError
 from genkit.model import Model
 from genkit.noise import NoiseTransform
+from genkit.parts import Batch
+
+#: prefix of the adversary's loss terms in the training history (they are not part of the model's loss)
+ADVERSARY = "adversary_"
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -124,7 +128,12 @@ class Trainer:
         self.layout = torch.channels_last if self.config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=self.layout)
         self.callbacks = list(callbacks or [])
+        # A loss may train a network against the model (a GAN-style discriminator) with an optimizer of its own.
+        self.adversary = model.loss_fn.adversary()
+        if self.adversary is not None and self.world > 1:
+            raise ConfigError(f"{model.loss_fn.label()} trains an adversary, which runs in one process: drop --nproc")
         self.optimizer = self._make_optimizer()
+        self.adversary_optimizer = self._make_optimizer(self.adversary) if self.adversary is not None else None
         self.noise = noise
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
@@ -139,14 +148,20 @@ class Trainer:
         kind = self.device.type
         self.autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _model_parameters(self) -> list[nn.Parameter]:
+        """The parameters the model's optimizer trains: all but the adversary's."""
+        theirs = {id(p) for p in self.adversary.parameters()} if self.adversary is not None else set()
+        return [p for p in self.model.parameters() if id(p) not in theirs]
+
+    def _make_optimizer(self, module: nn.Module | None = None) -> torch.optim.Optimizer:
         # The fused kernel is the fastest Adam and the one that can skip a step on the device (found_inf).
-        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)
+        params = list(module.parameters()) if module is not None else self._model_parameters()
+        return torch.optim.Adam(params, lr=self.config.lr, fused=True)
 
     def _check_optimizer(self) -> None:
         """A part swapped after the trainer was built (e.g. a learned prior) must not be left out of training."""
         owned = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        if owned != {id(p) for p in self.model.parameters()}:
+        if owned != {id(p) for p in self._model_parameters()}:
             if self.epoch or self.optimizer.state:
                 raise ConfigError("the model's parameters changed after training started; build a new Trainer")
             self.model.to(self.device, memory_format=self.layout)
@@ -157,18 +172,26 @@ class Trainer:
         """Epoch, model, optimizer and history: everything a resume needs."""
         # No RNG state is needed: every epoch reseeds from (seed, epoch, rank), so a resumed run repeats
         # exactly what an uninterrupted one does.
-        return {
+        state = {
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
         }
+        if self.adversary_optimizer is not None:
+            state["adversary_optimizer"] = self.adversary_optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a ``state_dict()``; a state that does not fit this model and optimizer is a ``ValueError``
         naming what is wrong, raised before anything reaches torch (a mis-shaped Adam moment can crash it)."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        _check_optimizer_state(state["optimizer"], self.optimizer.state_dict(), params)
+        optimizers = {"optimizer": self.optimizer, "adversary_optimizer": self.adversary_optimizer}
+        for key, optimizer in optimizers.items():
+            if optimizer is not None:
+                if key not in state:
+                    raise ValueError(f"the state has no {key.replace('_', ' ')}")
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                _check_optimizer_state(state[key], optimizer.state_dict(), params)
         history = state.get("history", [])
         for record in history:
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record.values())
@@ -176,6 +199,8 @@ class Trainer:
                 raise ValueError("a history record lacks epoch, train_loss or train_seconds, or holds a non-number")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.adversary_optimizer is not None:
+            self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
         self.epoch = int(state["epoch"])
         self.history = list(history)
 
@@ -271,6 +296,8 @@ class Trainer:
                 loss.backward()
                 guard.check(step, loss)  # on the device: the optimizer itself skips a non-finite step
                 self.optimizer.step()
+                if self.adversary_optimizer is not None:
+                    terms = {**terms, **self._adversary_step(noisy, clean, draws, progress)}
                 if step_hooks:
                     done = Step(
                         self.epoch * count + step + 1,
@@ -294,8 +321,22 @@ class Trainer:
         local = torch.stack([*(sums[k].cpu() for k in names), torch.tensor(float(seen))])
         totals = distributed.all_reduce_sum(local)
         terms = {name: value.item() / totals[-1].item() for name, value in zip(names, totals[:-1], strict=True)}
-        terms["loss"] = sum(terms.values())
+        terms["loss"] = sum(v for k, v in terms.items() if not k.startswith(ADVERSARY))
         return terms
+
+    def _adversary_step(
+        self, x: torch.Tensor, target: torch.Tensor, draws: torch.Generator, progress: float
+    ) -> dict[str, torch.Tensor]:
+        """One step of the loss's adversary on the batch the model just trained on; its terms, prefixed."""
+        optimizer = self.adversary_optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate(progress)
+        with self.autocast():
+            out = self.model.loss_fn.adversary_loss(self.model, Batch(x, target, draws, progress))
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        optimizer.step()
+        return {ADVERSARY + name: value.detach() for name, value in out.terms.items()}
 
     @torch.no_grad()
     def evaluate(self, data: ImageData, noise: NoiseTransform | None = None) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Losses beyond the ELBO: the importance-weighted bound (``iwae``), the WAE's MMD penalty (``wae-mmd``), the
-regularised autoencoder (``rae``), InfoVAE (``info-vae``) and the total-correlation decomposition (``beta-tcvae``)."""
+regularised autoencoder (``rae``), InfoVAE (``info-vae``), the total-correlation decomposition (``beta-tcvae``)
+and the adversarial autoencoder (``aae``, whose discriminator the trainer steps as the loss's adversary)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from genkit import Batch, Loss, LossOutput, Model, option, require_density, require_trained_prior
+from genkit import Batch, Loss, LossOutput, Model, ModelConfig, option, require_density, require_trained_prior
 from genkit.losses import LikelihoodConfig, importance_log_weights, reconstruct
 
 
@@ -217,3 +219,53 @@ class BetaTCVAELoss(Loss):
                 "dim_kl": c.gamma * (log_prod_qz - log_pz).mean(),
             }
         )
+
+
+@dataclass
+class AAEConfig(LikelihoodConfig):
+    weight: float = option(1.0, "weight of the adversarial term: the encoder's codes fooling the discriminator")
+    hidden: int = option(256, "width of the discriminator's two hidden layers")
+
+    positive: ClassVar[tuple[str, ...]] = ("sigma", "hidden")
+    non_negative: ClassVar[tuple[str, ...]] = ("weight",)
+
+
+class AAELoss(Loss):
+    """Adversarial autoencoder (Makhzani et al. 2016): reconstruction + a discriminator telling codes from prior draws.
+
+    The discriminator is the loss's adversary: the trainer steps it with its own optimizer on
+    ``adversary_loss``, while the model learns to reconstruct and to make its codes pass for prior draws.
+    """
+
+    config_class = AAEConfig
+
+    def __init__(self, config: AAEConfig | None = None, dims: ModelConfig | None = None) -> None:
+        super().__init__(config, dims)
+        h, latent = self.config.hidden, self.dims.latent
+        self.discriminator = nn.Sequential(
+            nn.Linear(latent, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1)
+        )
+
+    def check(self, model: Model) -> None:
+        require_trained_prior(self, model)
+
+    def adversary(self) -> nn.Module:
+        return self.discriminator
+
+    def forward(self, model: Model, batch: Batch) -> LossOutput:
+        c = self.config
+        _, z, reconstruction = reconstruct(model, batch, c, draw=model.training)
+        logits = self.discriminator(z.float())
+        fool = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))  # non-saturating
+        return LossOutput({"reconstruction": reconstruction, "adversarial": c.weight * fool})
+
+    def adversary_loss(self, model: Model, batch: Batch) -> LossOutput:
+        with torch.no_grad():
+            posterior = model.encode(batch.x)
+            codes = posterior.sample(batch.generator).float()
+            prior = model.prior.sample(codes.shape[0], batch.generator).float()
+        real, fake = self.discriminator(prior), self.discriminator(codes)
+        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+            fake, torch.zeros_like(fake)
+        )
+        return LossOutput({"discriminator": loss})

@@ -101,3 +101,12 @@ vq_vae = Preset(
     prior="categorical",  # ex-post: fitted to the training codes after the last epoch
     loss="vq",
 )
+
+aae = Preset(
+    "Adversarial autoencoder (Makhzani et al. 2016): a discriminator, trained by its own optimizer, shapes the codes",
+    encoder="conv",
+    decoder="conv",
+    prior="normal",
+    loss="aae",
+    options={"encoder": {"head": "deterministic"}},
+)
