@@ -37,7 +37,7 @@ def test_builtins_come_from_genkit_distribution():
 
 
 def test_list_models_pattern():
-    assert genkit.list_models("*vae*") == ["beta-vae", "vae-conv", "vamp-vae"]
+    assert genkit.list_models("*vae*") == ["beta-tcvae", "beta-vae", "info-vae", "vae-conv", "vamp-vae", "vq-vae"]
     assert genkit.list_models("nothing*") == []
 
 
