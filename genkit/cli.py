@@ -451,6 +451,82 @@ def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: st
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The compressed file.")
+@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="Quantisation step, in standard deviations of each code dimension (not for vq models).")  # fmt: skip
+@click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit the code model once).")
+def compress(run_dir: str, images: tuple[str, ...], output: str, step: float, data_dir: str | None) -> None:
+    """Compress IMAGES into one file: quantised latent codes, entropy-coded (constriction's range coder)."""
+    from genkit import compress as gkc
+    from genkit.checkpoint import WEIGHTS_FILE, load_model
+    from genkit.data import load_images
+    from genkit.files import atomic_write_bytes
+    from genkit.metrics import psnr
+
+    model = load_model(run_dir).eval()
+    code_model, code_path = gkc.run_code_model(run_dir, model, step, data_dir, log=click.echo)
+    batch = load_images(list(images), model.config.image_size, model.config.image_channels)
+    data, decoded = gkc.compress(
+        model, batch, code_model, gkc.sha256(Path(run_dir) / WEIGHTS_FILE), gkc.sha256(code_path), step
+    )
+    atomic_write_bytes(Path(output), data, parents=False)
+    n = len(batch)
+    bpp = gkc.bits_per_pixel(len(data), n, tuple(batch.shape[1:]))
+    ideal = code_model.bits(gkc.symbols(model, batch, code_model)) / 8 / n
+    header = len(data) - len(gkc.read_header(data, output)[1])
+    click.echo(
+        f"{n} image(s) -> {output}: {len(data)} bytes, {len(data) / n:.1f} bytes/image ({bpp:.3f} bits/pixel), "
+        f"PSNR {psnr(decoded, batch):.2f} dB; the codes take {(len(data) - header) / n:.1f} bytes/image (the code "
+        f"model expects {ideal:.1f}), the header {header} bytes"
+    )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs (new).")
+@click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit the code model once).")
+def decompress(run_dir: str, file: str, output: str, data_dir: str | None) -> None:
+    """Decode a file from genkit compress with the same run into PNGs (00000.png, ...)."""
+    import shutil
+    import tempfile
+
+    from genkit import compress as gkc
+    from genkit.checkpoint import WEIGHTS_FILE, load_model
+    from genkit.data import save_png
+    from genkit.files import require_regular_file
+
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} exists and is not an empty folder: name a new one")
+    data = require_regular_file(file, "compressed file").read_bytes()
+    header, _ = gkc.read_header(data, file)
+    model = load_model(run_dir).eval()
+    if header.get("model_sha256") != gkc.sha256(Path(run_dir) / WEIGHTS_FILE):
+        raise DataError(f"{file} was compressed with another model than {run_dir}: decode it with that run")
+    code_model, code_path = gkc.run_code_model(run_dir, model, float(header.get("step") or 0.5), data_dir)
+    if gkc.sha256(code_path) != header.get("code_model_sha256"):
+        raise DataError(f"{file} was coded with another code model than {code_path}: compress the images again")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:  # into a hidden folder first: a failure leaves no partial output
+        index = 0
+        for batch in gkc.decompress(model, data, code_model, file):
+            for image in batch:
+                save_png(image, staging / f"{index:05d}.png")
+                index += 1
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    click.echo(f"wrote {index} image(s) to {out} ({len(data) / index:.1f} bytes/image in {file})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="codes.npz", show_default=True)
 def encode(run_dir: str, images: tuple[str, ...], output: str) -> None:
     """Compress IMAGES to latent codes (float16) in an .npz; report the rate and the reconstruction PSNR."""

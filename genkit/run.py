@@ -431,14 +431,17 @@ def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_
         else:
             model.prior = prior.to(model.device)
             return path
-    config = read_json(run / CONFIG_FILE)
-    data = config.get("data") or {}
+    prior = fit_prior(model, name, training_images(run, model, data_dir))
+    save_tensors(prior, path)
+    return path
+
+
+def training_images(run_dir: str | os.PathLike[str], model: Model, data_dir: str | None = None) -> torch.Tensor:
+    """A finished run's training images, to fit priors and code models to their codes (a streamed folder may not
+    fit in memory: at most its first ``FIT_IMAGES``)."""
+    data = read_json(Path(run_dir) / CONFIG_FILE).get("data") or {}
     stream = data.get("stream") is True
     train, _ = _load_data(
         data.get("dataset", "mnist"), data_dir or data.get("data_dir"), model, data.get("limit"), stream
     )
-    # a streamed folder may not fit in memory: fit on (at most) its first FIT_IMAGES images
-    images = train.images if isinstance(train, ImageData) else train.head(FIT_IMAGES)
-    prior = fit_prior(model, name, images)
-    save_tensors(prior, path)
-    return path
+    return train.images if isinstance(train, ImageData) else train.head(FIT_IMAGES)

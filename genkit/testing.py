@@ -93,7 +93,20 @@ def check_config_round_trip(model: Model) -> None:
     assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}, "rebuilt model differs"
 
 
-CHECKS = (check_shapes, check_finite_loss, check_gradients_flow, check_sample_shape, check_config_round_trip)
+def check_finite_state(model: Model) -> None:
+    """Every float parameter and buffer is finite (genkit run stops a run whose weights are not)."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    assert not bad, f"non-finite values in a freshly built model: {bad[0]} (use a finite placeholder until fitted)"
+
+
+CHECKS = (
+    check_shapes,
+    check_finite_loss,
+    check_gradients_flow,
+    check_sample_shape,
+    check_config_round_trip,
+    check_finite_state,
+)
 
 
 class ModelConformance:

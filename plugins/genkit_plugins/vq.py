@@ -59,6 +59,10 @@ class VQConvEncoder(ConvEncoder):
         self.config = config  # the vq options, not the inner conv net's
         self.positions = dims.latent // config.code_dim
         self.codebook = nn.Parameter(torch.empty(config.codebook, config.code_dim).uniform_(-1, 1))
+        # set from the first training batch's codes: a codebook far from the codes leaves most vectors unused
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        #: moving average of the share of codes each vector takes; vectors that fall out of use are restarted
+        self.register_buffer("usage", torch.full((config.codebook,), 1.0 / config.codebook))
         if config.ema:  # moved by averages of the codes assigned to each vector, not by gradients
             self.codebook.requires_grad_(False)
             self.register_buffer("ema_count", torch.ones(config.codebook))
@@ -77,14 +81,44 @@ class VQConvEncoder(ConvEncoder):
 
     def forward(self, x: Tensor) -> VQPosterior:
         latent = super().forward(x).mean
+        if self.training and not bool(self.initialised):
+            self._initialise(latent.detach())
         indices = self.nearest(latent.detach())
-        if self.training and self.config.ema:
-            self._ema_update(latent.detach(), indices)
+        if self.training:
+            if self.config.ema:
+                self._ema_update(latent.detach(), indices)
+            self._restart_unused(latent.detach(), indices)
         quantized = self.lookup(indices).to(latent.dtype)
         # straight through: the value of the quantised code (to rounding), the gradient of the encoder's output;
         # without gradients the code is exactly the codebook vectors
         code = latent + (quantized - latent).detach() if latent.requires_grad else quantized
         return VQPosterior(code, indices=indices, latent=latent, quantized=quantized)
+
+    @torch.no_grad()
+    def _initialise(self, latent: Tensor) -> None:
+        pieces = latent.reshape(-1, self.config.code_dim).float()
+        pick = torch.randint(len(pieces), (self.config.codebook,), device=pieces.device)
+        jitter = 0.01 * pieces.std() * torch.randn(self.codebook.shape, device=pieces.device)
+        self.codebook.copy_(pieces[pick] + jitter)  # distinct even where a piece is picked twice
+        if self.config.ema:
+            self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _restart_unused(self, latent: Tensor, indices: Tensor) -> None:
+        """Move vectors that take almost no codes onto codes of this batch: the encoder's codes drift away from a
+        codebook set at the start, and unused vectors would never be moved by the codebook term."""
+        share = torch.bincount(indices.reshape(-1), minlength=self.config.codebook).float() / indices.numel()
+        self.usage.mul_(0.9).add_(share, alpha=0.1)  # a vector unused for ~30 steps is restarted
+        dead = self.usage < 0.03 / self.config.codebook
+        if dead.any():
+            pieces = latent.reshape(-1, self.config.code_dim).float()
+            pick = torch.randint(len(pieces), (int(dead.sum()),), device=pieces.device)
+            self.codebook[dead] = pieces[pick]
+            self.usage[dead] = 1.0 / self.config.codebook
+            if self.config.ema:
+                self.ema_count[dead] = 1.0
+                self.ema_sum[dead] = pieces[pick]
 
     @torch.no_grad()
     def _ema_update(self, latent: Tensor, indices: Tensor) -> None:
@@ -162,7 +196,9 @@ class CategoricalCodePrior(Prior):
             )
         self.positions = self.latent // config.code_dim
         self.register_buffer("table", torch.zeros(config.codebook, config.code_dim))
-        self.register_buffer("logits", torch.full((self.positions, config.codebook), -torch.inf))
+        self.register_buffer("used", torch.zeros(config.codebook, dtype=torch.bool))  #: rows of table seen in fit
+        #: log-probabilities per position (finite everywhere: entries of unused rows are never drawn or scored)
+        self.register_buffer("logits", torch.zeros(self.positions, config.codebook))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def check(self, model: Model) -> None:
@@ -193,17 +229,18 @@ class CategoricalCodePrior(Prior):
         counts = torch.zeros(self.positions, c.codebook, device=vectors.device)
         position = torch.arange(self.positions, device=vectors.device).repeat(codes.shape[0])
         counts.index_put_((position, inverse), torch.ones_like(position, dtype=counts.dtype), accumulate=True)
-        seen = torch.zeros(c.codebook, dtype=torch.bool, device=vectors.device)
-        seen[: len(table)] = True
-        logits = torch.where(seen, (counts + c.smoothing).log(), torch.full_like(counts, -torch.inf))
+        self.used.zero_()
+        self.used[: len(table)] = True
+        counts = (counts[:, : len(table)] + c.smoothing).log()
         self.table.zero_()
         self.table[: len(table)] = table.to(self.table)
-        self.logits.copy_(logits.log_softmax(1))
+        self.logits.zero_()
+        self.logits[:, : len(table)] = counts.log_softmax(1)
         self.fitted.fill_(True)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         self._require_fitted()
-        probs = self.logits.exp()
+        probs = self.logits.exp() * self.used
         index = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, positions)
         return self.table[index].reshape(n, self.latent)
 
@@ -214,7 +251,6 @@ class CategoricalCodePrior(Prior):
         """log P(code) in nats of the nearest known code to each ``z`` (..., latent): the rate of the code."""
         self._require_fitted()
         flat = z.reshape(-1, self.config.code_dim).float()
-        used = torch.isfinite(self.logits).any(0)
-        distance = torch.cdist(flat, self.table.float()).masked_fill(~used[None], torch.inf)
+        distance = torch.cdist(flat, self.table.float()).masked_fill(~self.used[None], torch.inf)
         index = distance.argmin(1).view(-1, self.positions)  # (codes, positions)
         return self.logits.gather(1, index.T).T.sum(-1).view(z.shape[:-1])
