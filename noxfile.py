@@ -51,6 +51,14 @@ def bench_quick(session: nox.Session) -> None:
 
 
 @nox.session
+def rd(session: nox.Session) -> None:
+    """Rate–distortion: genkit compress against PNG, WebP, JPEG, AVIF and gzip/bz2 (MNIST and Fashion-MNIST)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    for dataset in session.posargs or ["mnist", "fashion-mnist"]:
+        session.run("python", "-m", "benchmarks.rd", "--dataset", dataset)
+
+
+@nox.session
 def speed(session: nox.Session) -> None:
     """Training speed: a plain DataLoader loop against genkit's trainer (pass --device cuda on a GPU)."""
     session.install(*CONSTRAINTS, "-e", ".")

@@ -98,3 +98,28 @@ def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
     shares = [op["share"] for op in profile["operators"]]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
     assert profile["device_busy"] is None and f"| `{names[0]}` |" in table
+
+
+def test_rd_benchmark_measures_codecs_and_genkit_alike(image_folder, tmp_path, tiny_images):
+    from benchmarks import rd
+    from genkit.cli import main
+
+    run = tmp_path / "ae"
+    small = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
+    assert main(["run", "ae", "--latent", "4", *small, "--dataset", str(image_folder), "--out", str(run)]) == 0
+    images = (tiny_images[:16] * 255).round() / 255  # 8-bit images, as datasets hold them
+    points = rd.codec_points(images) + rd.genkit_points(run, "ae", [0.5, 4.0], images)
+    by_method = {p.method: p for p in points}
+    assert by_method["PNG lossless"].lossless and by_method["bz2 -9 of the raw set"].lossless
+    assert by_method["WEBP q90"].psnr > by_method["WEBP q0"].psnr and by_method["JPEG q5"].bytes_per_image > 100
+    fine, coarse = by_method["genkit ae step 0.5"], by_method["genkit ae step 4"]
+    assert coarse.bytes_per_image < fine.bytes_per_image  # a coarser step, fewer bytes
+    # matched-PSNR interpolation is log-linear in bytes between a curve's points
+    curve = [rd.Point("a", "X", 100.0, 20.0), rd.Point("b", "X", 400.0, 30.0)]
+    assert rd.bytes_at(curve, "X", 25.0) == pytest.approx(200.0) and rd.bytes_at(curve, "X", 35.0) is None
+    record = {"dataset": "d", "images": 16, "device_name": "cpu", "command": "c", "runs": [["run", "ae"]],
+              "points": [p.__dict__ for p in points]}  # fmt: skip
+    table = rd.markdown(record)
+    assert "| PNG lossless |" in table and "| lossless |" in table and "- `genkit run ae`" in table
+    rd.plot(record, tmp_path / "rd.png")
+    assert (tmp_path / "rd.png").stat().st_size > 5000

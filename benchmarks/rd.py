@@ -1,0 +1,204 @@
+"""Rate–distortion benchmark: real bytes per image and PSNR of genkit's compression against the codecs people use.
+
+    python -m benchmarks.rd --dataset mnist --images 2000 --epochs 10
+
+Codecs (through Pillow, every image saved to its own file, headers included): PNG and WebP lossless, WebP, JPEG
+and AVIF at several qualities; gzip and bz2 of the raw 8-bit set. genkit: models trained once by ``genkit run``
+(kept in ``benchmarks/runs/``, reused when finished), each image set compressed into one file by the same code
+as ``genkit compress``, at several quantisation steps. PSNR is that of the mean squared error over the set.
+Results: ``benchmarks/results/rd-<dataset>-<device>.json``, a markdown table with the comparison at matched PSNR,
+and a bytes-versus-PSNR plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import io
+import itertools
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import genkit
+from benchmarks.results_io import write_results
+from genkit import compress as gkc
+from genkit.checkpoint import WEIGHTS_FILE, load_model
+from genkit.data import load_dataset
+from genkit.metrics import psnr
+from genkit.train import device_name, select_device
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = Path(__file__).parent / "runs"
+#: Pillow format -> settings, each a (label, save options) pair
+CODECS = {
+    "PNG": [("lossless", {"optimize": True})],
+    "WEBP": [("lossless", {"lossless": True, "quality": 100, "method": 6})]
+    + [(f"q{q}", {"quality": q, "method": 6}) for q in (0, 10, 25, 50, 75, 90)],
+    "JPEG": [(f"q{q}", {"quality": q}) for q in (5, 10, 25, 50, 75, 90)],
+    "AVIF": [(f"q{q}", {"quality": q}) for q in (0, 10, 25, 50, 75, 90)],
+}
+#: genkit models: (run folder name, genkit run arguments, quantisation steps; None for a vq model's indices)
+MODELS = [
+    ("ae-latent16", ["ae", "--latent", "16"], [0.25, 0.5, 1.0, 2.0, 4.0]),
+    ("ae-latent8", ["ae", "--latent", "8"], [0.25, 0.5, 1.0, 2.0]),
+    ("vq-vae", ["vq-vae", "--latent", "16"], [None]),
+]
+
+
+@dataclass
+class Point:
+    """One rate–distortion point."""
+
+    method: str  #: e.g. "WEBP q10", "genkit ae-latent16 step 0.5"
+    family: str  #: the curve it belongs to (PNG, WEBP, JPEG, AVIF, raw, genkit:<model>)
+    bytes_per_image: float
+    psnr: float | None  #: dB; None when lossless
+
+    @property
+    def lossless(self) -> bool:
+        return self.psnr is None
+
+
+def codec_points(images: torch.Tensor) -> list[Point]:
+    from PIL import Image
+
+    pixels = (images * 255).round().to(torch.uint8).numpy()  # (N, C, H, W): the dataset's own 8-bit values
+    mode = "L" if pixels.shape[1] == 1 else "RGB"
+    points = []
+    for fmt, settings in CODECS.items():
+        for label, options in settings:
+            total, decoded = 0, []
+            for image in pixels:
+                picture = Image.fromarray(image[0] if mode == "L" else image.transpose(1, 2, 0), mode)
+                buffer = io.BytesIO()
+                picture.save(buffer, format=fmt, **options)
+                total += buffer.tell()
+                back = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(mode), dtype=np.uint8)
+                decoded.append(back[None] if mode == "L" else back.transpose(2, 0, 1))
+            restored = torch.from_numpy(np.stack(decoded)).float() / 255
+            quality = None if torch.equal(restored, images) else psnr(restored, images)
+            points.append(Point(f"{fmt} {label}", fmt, total / len(images), quality))
+    raw = pixels.tobytes()
+    for name, packed in (("gzip -9", gzip.compress(raw, 9)), ("bz2 -9", bz2.compress(raw, 9))):
+        points.append(Point(f"{name} of the raw set", "raw", len(packed) / len(images), None))
+    return points
+
+
+def train_run(name: str, args: list[str], dataset: str, epochs: int, device: str) -> Path:
+    """The run folder of ``genkit run ARGS``, trained once (a finished run is reused)."""
+    run = RUNS / f"{dataset}-{name}-{epochs}ep"
+    if not (run / "metrics.json").is_file():
+        command = [sys.executable, "-m", "genkit", "run", *args, "--dataset", dataset, "--epochs", str(epochs)]
+        command += ["--device", device, "--out", str(run), "--overwrite", "--quiet"]
+        print("$ " + " ".join(command[2:]), flush=True)
+        subprocess.run(command, check=True)
+    return run
+
+
+def genkit_points(run: Path, name: str, steps: list[float | None], images: torch.Tensor) -> list[Point]:
+    model = load_model(run).eval()
+    points = []
+    for step in steps:
+        code_model, path = gkc.run_code_model(run, model, step or 0.5)
+        data, decoded = gkc.compress(model, images, code_model, gkc.sha256(run / WEIGHTS_FILE), gkc.sha256(path), step)
+        label = f"genkit {name}" + (f" step {step:g}" if step else "")
+        points.append(Point(label, f"genkit:{name}", len(data) / len(images), psnr(decoded, images)))
+    return points
+
+
+def bytes_at(points: list[Point], family: str, quality: float) -> float | None:
+    """Bytes per image of ``family``'s curve at PSNR ``quality`` (log-linear between its points), if inside it."""
+    curve = sorted((p.psnr, p.bytes_per_image) for p in points if p.family == family and not p.lossless)
+    for (q0, b0), (q1, b1) in itertools.pairwise(curve):
+        if q0 <= quality <= q1 and q1 > q0:
+            t = (quality - q0) / (q1 - q0)
+            return math.exp((1 - t) * math.log(b0) + t * math.log(b1))
+    return None
+
+
+def markdown(record: dict) -> str:
+    points = [Point(**p) for p in record["points"]]
+    lines = [
+        f"# Rate–distortion on {record['dataset']}: first {record['images']} test images, {record['device_name']}",
+        "",
+        f"Command: `{record['command']}`. Bytes are whole files (headers included) per image; PSNR of the mean "
+        "squared error over the set; genkit models trained by the `genkit run` commands below.",
+        "",
+        "| method | bytes/image | PSNR dB | WebP at that PSNR | JPEG at that PSNR |",
+        "|---|---|---|---|---|",
+    ]
+    for p in points:
+        cells = []
+        for family in ("WEBP", "JPEG"):
+            other = bytes_at(points, family, p.psnr) if p.family.startswith("genkit") and not p.lossless else None
+            cells.append(f"{other:.0f} B ({other / p.bytes_per_image:.1f}x)" if other else "—")
+        quality = "lossless" if p.lossless else f"{p.psnr:.2f}"
+        lines.append(f"| {p.method} | {p.bytes_per_image:.1f} | {quality} | {cells[0]} | {cells[1]} |")
+    lines += ["", "genkit models:", ""] + [f"- `genkit {' '.join(c)}`" for c in record["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(record: dict, path: Path) -> None:
+    from genkit.report import _pyplot, _save_figure
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [Point(**p) for p in record["points"]]
+    for family in dict.fromkeys(p.family for p in points):
+        curve = sorted((p.bytes_per_image, p.psnr) for p in points if p.family == family and not p.lossless)
+        if curve:
+            style = "o-" if family.startswith("genkit") else "s--"
+            ax.plot(*zip(*curve, strict=True), style, label=family, markersize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (whole files)")
+    ax.set_ylabel("PSNR dB")
+    ax.set_title(f"{record['dataset']}: first {record['images']} test images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--images", type=int, default=2000, help="first N test images")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of genkit's models")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    device = select_device(args.device)
+    _, test = load_dataset(args.dataset)
+    images = test.images[: args.images]
+    points = codec_points(images)
+    runs = []
+    for name, run_args, steps in MODELS:
+        run = train_run(name, run_args, args.dataset, args.epochs, str(device))
+        runs.append(["run", *run_args, "--dataset", args.dataset, "--epochs", str(args.epochs)])
+        points += genkit_points(run, name, steps, images)
+    record = {
+        "dataset": args.dataset,
+        "images": len(images),
+        "device": str(device),
+        "device_name": device_name(device),
+        "genkit": genkit.__version__,
+        "command": "python -m benchmarks.rd " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "runs": runs,
+        "points": [asdict(p) for p in points],
+    }
+    out = args.results / f"rd-{args.dataset}-{device.type}.json"
+    write_results(out, record, markdown(record))
+    plot(record, out.with_suffix(".png"))
+    return record
+
+
+if __name__ == "__main__":
+    main()
