@@ -7,7 +7,7 @@ and AVIF at several qualities; gzip and bz2 of the raw 8-bit set. genkit: models
 (kept in ``benchmarks/runs/``, reused when finished), each image set compressed into one file by the same code
 as ``genkit compress``, at several quantisation steps. PSNR is that of the mean squared error over the set.
 Results: ``benchmarks/results/rd-<dataset>-<device>.json``, a markdown table with the comparison at matched PSNR,
-and a bytes-versus-PSNR plot.
+and a bytes-versus-PSNR plot in ``docs/images/``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from genkit.train import device_name, select_device
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"
+DOCS_IMAGES = Path(__file__).parents[1] / "docs" / "images"
 #: Pillow format -> settings, each a (label, save options) pair
 CODECS = {
     "PNG": [("lossless", {"optimize": True})],
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = args.results / f"rd-{args.dataset}-{device.type}.json"
     write_results(out, record, markdown(record))
-    plot(record, out.with_suffix(".png"))
+    plot(record, DOCS_IMAGES / f"rd-{args.dataset}-{device.type}.png")  # the compression page shows it
     return record
 
 
