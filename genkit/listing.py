@@ -18,6 +18,8 @@ from pathlib import Path
 
 from genkit.files import atomic_write_bytes, cache_root
 
+#: Set to 1 to load only genkit's own plugins, third-party entry points ignored (the registry reads it).
+AUTOLOAD_ENV = "GENKIT_DISABLE_PLUGIN_AUTOLOAD"
 #: Version of the cache file's layout.
 _FORMAT = 1
 
@@ -67,7 +69,7 @@ def fingerprint(group: str) -> list[list[str]]:
         module = ep.value.split(":")[0].strip()
         rows.append([ep.name, ep.value, str(version), str(_module_mtime(module))])
     rows.sort()
-    rows.append(["env", os.environ.get("GENKIT_DISABLE_PLUGIN_AUTOLOAD", "")])
+    rows.append(["env", os.environ.get(AUTOLOAD_ENV, "")])
     return rows
 
 

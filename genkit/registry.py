@@ -22,12 +22,11 @@ from typing import Any
 from genkit.config import ModelConfig
 from genkit.data import DatasetSource
 from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
+from genkit.listing import AUTOLOAD_ENV
 from genkit.model import Model, Preset, doc_summary
 from genkit.noise import NoiseTransform
 from genkit.parts import Decoder, Encoder, Loss, Part, Prior
 
-#: Set to 1 to load only genkit's own plugins (third-party entry points are ignored).
-AUTOLOAD_ENV = "GENKIT_DISABLE_PLUGIN_AUTOLOAD"
 #: Seconds a plugin's module may take to import before it is flagged as hanging (the environment variable
 #: ``GENKIT_PLUGIN_IMPORT_TIMEOUT`` overrides it).
 IMPORT_TIMEOUT = 60.0

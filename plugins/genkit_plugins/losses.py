@@ -12,7 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genkit import Batch, Loss, LossOutput, Model, ModelConfig, option, require_density, require_trained_prior
+from genkit import (
+    Batch,
+    ConfigError,
+    Loss,
+    LossOutput,
+    Model,
+    ModelConfig,
+    option,
+    require_density,
+    require_trained_prior,
+)
 from genkit.losses import LikelihoodConfig, importance_log_weights, reconstruct
 
 
@@ -53,8 +63,6 @@ class WAEConfig(LikelihoodConfig):
     def validate(self) -> None:
         super().validate()
         if self.weight < 0:
-            from genkit import ConfigError
-
             raise ConfigError(f"weight must be >= 0, got {self.weight}")
 
 
@@ -73,6 +81,14 @@ def imq_mmd(x: Tensor, y: Tensor, c: float) -> Tensor:
     return within - 2 * kernel(x, y).mean()
 
 
+def prior_mmd(model: Model, z: Tensor, batch: Batch, scale: float) -> Tensor:
+    """The IMQ MMD between the batch's codes ``z`` and as many prior draws (kernel scale C = 2 * latent * scale)."""
+    if z.shape[0] < 2:  # no pairs to compare (e.g. a last batch of one image): no MMD signal
+        return z.float().sum() * 0.0
+    prior_z = model.prior.sample(z.shape[0], batch.generator)
+    return imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * scale)
+
+
 class WAEMMDLoss(Loss):
     """Wasserstein autoencoder (MMD): reconstruction + lambda * MMD(codes, prior samples), IMQ kernel."""
 
@@ -84,12 +100,7 @@ class WAEMMDLoss(Loss):
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
         _, z, reconstruction = reconstruct(model, batch, c)
-        if z.shape[0] < 2:  # no pairs to compare (e.g. a last batch of one image): no MMD signal
-            mmd = z.float().sum() * 0.0
-        else:
-            prior_z = model.prior.sample(z.shape[0], batch.generator).to(z.dtype)
-            mmd = imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * c.scale)
-        return LossOutput({"reconstruction": reconstruction, "mmd": c.weight * mmd})
+        return LossOutput({"reconstruction": reconstruction, "mmd": c.weight * prior_mmd(model, z, batch, c.scale)})
 
 
 @dataclass
@@ -146,8 +157,6 @@ class InfoVAEConfig(LikelihoodConfig):
     def validate(self) -> None:
         super().validate()
         if self.alpha > 1 or self.alpha + self.weight - 1 < 0:
-            from genkit import ConfigError
-
             raise ConfigError(f"need alpha <= 1 and alpha + weight >= 1, got alpha={self.alpha}, weight={self.weight}")
 
 
@@ -167,10 +176,7 @@ class InfoVAELoss(Loss):
         c = self.config
         posterior, z, reconstruction = reconstruct(model, batch, c)
         kl = (1 - c.alpha) * model.prior.kl(posterior, z).float().mean()
-        mmd = z.float().sum() * 0.0
-        if z.shape[0] >= 2:  # no pairs to compare in a batch of one
-            prior_z = model.prior.sample(z.shape[0], batch.generator)
-            mmd = imq_mmd(z.float(), prior_z.float(), 2.0 * z.shape[1] * c.scale)
+        mmd = prior_mmd(model, z, batch, c.scale)
         return LossOutput({"reconstruction": reconstruction, "kl": kl, "mmd": (c.alpha + c.weight - 1) * mmd})
 
 
