@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -28,10 +29,8 @@ def test_list_flags_broken_plugin_in_one_line(capsys, plugin_site):
     write_distribution(plugin_site, "broken-pkg", {"genkit.models": {"broken": "fake_b:M"}}, {"fake_b": "1/0\n"})
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
-    broken = [line for line in out.splitlines() if "BROKEN" in line]
-    assert broken == [
-        "broken    BROKEN  broken-pkg[broken]: failed to load fake_b:M: ZeroDivisionError: division by zero"
-    ]
+    broken = [" ".join(line.split()) for line in out.splitlines() if "BROKEN" in line]  # columns: any width
+    assert broken == ["broken BROKEN broken-pkg[broken]: failed to load fake_b:M: ZeroDivisionError: division by zero"]
     assert "vae-conv" in out
 
 
@@ -90,7 +89,7 @@ def test_list_is_cached_and_needs_no_torch_the_second_time(tmp_path):
     assert runs[0].stdout.endswith("torch imported: True\n")
     assert runs[1].stdout.endswith("torch imported: False\n")
     assert runs[0].stdout.replace("True", "False") == runs[1].stdout  # the same rows
-    assert "normal  N(0, I)" in runs[1].stdout
+    assert re.search(r"^normal +N\(0, I\)", runs[1].stdout, re.MULTILINE)
 
 
 def test_list_cache_is_ignored_when_a_plugin_module_changes(tmp_path, plugin_site, monkeypatch):
