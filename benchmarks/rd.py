@@ -47,8 +47,9 @@ CODECS = {
 }
 #: genkit models: (run folder name, genkit run arguments, quantisation steps; None for a vq model's indices)
 MODELS = [
-    ("ae-latent16", ["ae", "--latent", "16"], [0.25, 0.5, 1.0, 2.0, 4.0]),
     ("ae-latent8", ["ae", "--latent", "8"], [0.25, 0.5, 1.0, 2.0]),
+    ("ae-latent16", ["ae", "--latent", "16"], [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]),
+    ("ae-latent32", ["ae", "--latent", "32"], [0.1, 0.25, 0.5, 1.0, 2.0]),
     ("vq-vae", ["vq-vae", "--latent", "16"], [None]),
 ]
 
