@@ -104,7 +104,7 @@ def test_bad_run_value_is_one_line_and_writes_nothing(case, folders, tmp_path, c
 @pytest.mark.parametrize(
     ("model", "args", "message"),
     [
-        ("vae", [], "unknown models plugin 'vae'; did you mean ae, wae, iwae?"),
+        ("vae", [], "unknown models plugin 'vae'; did you mean ae, wae, vq-vae?"),
         ("AE", [], "unknown models plugin 'AE'; did you mean ae?"),
         ("beta-vae", ["--beta", "-1"], "Invalid value for '--beta': -1.0 is not in the range x>=0."),
         ("beta-vae", ["--beta", "nan"], "beta must be finite, got nan"),

@@ -38,6 +38,7 @@ def test_ema_moves_used_codebook_vectors_towards_their_codes():
     model = vq_model(codebook=16, ema=True, decay=0.5).train()
     encoder = model.encoder
     assert not encoder.codebook.requires_grad
+    encoder(X)  # the first training batch sets the codebook from its codes
     before = encoder.codebook.detach().clone()
     posterior = encoder(X)
     used = posterior.indices.unique()
