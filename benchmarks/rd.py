@@ -45,12 +45,16 @@ CODECS = {
     "JPEG": [(f"q{q}", {"quality": q}) for q in (5, 10, 25, 50, 75, 90)],
     "AVIF": [(f"q{q}", {"quality": q}) for q in (0, 10, 25, 50, 75, 90)],
 }
-#: genkit models: (run folder name, genkit run arguments, quantisation steps; None for a vq model's indices)
+#: genkit models: (run folder name, curve, genkit run arguments, quantisation steps; None: the codes as they are,
+#: a vq model's indices or a compressor's integers)
 MODELS = [
-    ("ae-latent8", ["ae", "--latent", "8"], [0.25, 0.5, 1.0, 2.0]),
-    ("ae-latent16", ["ae", "--latent", "16"], [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]),
-    ("ae-latent32", ["ae", "--latent", "32"], [0.1, 0.25, 0.5, 1.0, 2.0]),
-    ("vq-vae", ["vq-vae", "--latent", "16"], [None]),
+    ("ae-latent8", "ae-latent8", ["ae", "--latent", "8"], [0.25, 0.5, 1.0, 2.0]),
+    ("ae-latent16", "ae-latent16", ["ae", "--latent", "16"], [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]),
+    ("ae-latent32", "ae-latent32", ["ae", "--latent", "32"], [0.1, 0.25, 0.5, 1.0, 2.0]),
+    ("vq-vae", "vq-vae", ["vq-vae", "--latent", "16"], [None]),
+] + [  # the learned compressor, trained for rate + lmbda * distortion: one run per point of its curve
+    (f"compressor-lmbda{lmbda:g}", "compressor", ["compressor", "--set", f"loss.lmbda={lmbda:g}"], [None])
+    for lmbda in (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
 ]
 
 
@@ -104,14 +108,14 @@ def train_run(name: str, args: list[str], dataset: str, epochs: int, device: str
     return run
 
 
-def genkit_points(run: Path, name: str, steps: list[float | None], images: torch.Tensor) -> list[Point]:
+def genkit_points(run: Path, name: str, curve: str, steps: list[float | None], images: torch.Tensor) -> list[Point]:
     model = load_model(run).eval()
     points = []
     for step in steps:
         code_model, path = gkc.run_code_model(run, model, step or 0.5)
         data, decoded = gkc.compress(model, images, code_model, gkc.sha256(run / WEIGHTS_FILE), gkc.sha256(path), step)
         label = f"genkit {name}" + (f" step {step:g}" if step else "")
-        points.append(Point(label, f"genkit:{name}", len(data) / len(images), psnr(decoded, images)))
+        points.append(Point(label, f"genkit:{curve}", len(data) / len(images), psnr(decoded, images)))
     return points
 
 
@@ -182,10 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     images = test.images[: args.images]
     points = codec_points(images)
     runs = []
-    for name, run_args, steps in MODELS:
+    for name, curve, run_args, steps in MODELS:
         run = train_run(name, run_args, args.dataset, args.epochs, str(device))
         runs.append(["run", *run_args, "--dataset", args.dataset, "--epochs", str(args.epochs)])
-        points += genkit_points(run, name, steps, images)
+        points += genkit_points(run, name, curve, steps, images)
     record = {
         "dataset": args.dataset,
         "images": len(images),

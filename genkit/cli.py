@@ -452,10 +452,11 @@ def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: st
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The compressed file.")
-@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
-              help="Quantisation step, in standard deviations of each code dimension (not for vq models).")  # fmt: skip
+@click.option("--step", type=click.FloatRange(min=0, min_open=True),
+              help="Quantisation step, in standard deviations of each code dimension [default: 0.5] (not for vq "
+                   "models or a compressor, whose codes are integers already).")  # fmt: skip
 @click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit the code model once).")
-def compress(run_dir: str, images: tuple[str, ...], output: str, step: float, data_dir: str | None) -> None:
+def compress(run_dir: str, images: tuple[str, ...], output: str, step: float | None, data_dir: str | None) -> None:
     """Compress IMAGES into one file: quantised latent codes, entropy-coded (constriction's range coder)."""
     from genkit import compress as gkc
     from genkit.checkpoint import WEIGHTS_FILE, load_model
@@ -464,6 +465,9 @@ def compress(run_dir: str, images: tuple[str, ...], output: str, step: float, da
     from genkit.metrics import psnr
 
     model = load_model(run_dir).eval()
+    if step is not None and gkc.prior_tables(model):
+        raise click.UsageError(f"--step does not apply to {run_dir}: its codes are integers under its own prior")
+    step = 0.5 if step is None else step
     code_model, code_path = gkc.run_code_model(run_dir, model, step, data_dir, log=click.echo)
     batch = load_images(list(images), model.config.image_size, model.config.image_channels)
     data, decoded = gkc.compress(

@@ -1,9 +1,10 @@
 """Real compression: images -> quantised latent codes -> bits, entropy-coded under a fitted code model.
 
 The codes are turned into integer symbols, one per latent position: a ``vq`` encoder's codebook indices as they
-are, any other model's posterior means divided by a step (a multiple of each dimension's spread over the training
-codes) and rounded. The code model holds, per position, integer counts of the symbols over the training codes
-(plus one), so encoder and decoder use exactly the same tables on any machine; constriction's range coder
+are, a compressor's integer codes as they are, any other model's posterior means divided by a step (a multiple of
+each dimension's spread over the training codes) and rounded. The code model holds, per position, integer counts
+of the symbols: a compressor's are its trained entropy model's masses (``integer_masses``), the others' are
+counts over the training codes (plus one). Encoder and decoder use exactly the same tables on any machine; constriction's range coder
 (``Categorical(perfect=False)``) turns symbols into 32-bit words. A file holds::
 
     b"GKC\\0" | header length (u32) | header (JSON) | words (u32, little-endian)
@@ -63,6 +64,12 @@ def _quantizes(model: Model) -> bool:
     return bool(getattr(model.encoder, "quantizes", False))
 
 
+def prior_tables(model: Model) -> bool:
+    """Whether the model's prior is an entropy model over integer codes (``integer_masses``, e.g. ``factorized``):
+    its tables code the rounded codes as they are, with no step and no fitting to training codes."""
+    return callable(getattr(model.prior, "integer_masses", None))
+
+
 def integers(model: Model, images: Tensor, steps: Tensor | None) -> Tensor:
     """The integer code (N, positions) of ``images``: codebook indices, or means / steps rounded."""
     with torch.no_grad():
@@ -90,6 +97,9 @@ def fit_code_model(model: Model, images: Tensor, step: float = 0.5, batch: int =
         counts = torch.stack([torch.bincount(column, minlength=size) for column in values.T]) + 1
         positions = values.shape[1]
         return CodeModel("vq", counts, torch.zeros(positions, dtype=torch.long), torch.ones(positions))
+    if prior_tables(model):
+        offsets, counts = model.prior.integer_masses()
+        return CodeModel("scalar", counts.cpu(), offsets.cpu(), torch.ones(len(offsets)))
     means = model.codes(images, batch)
     steps = (step * means.std(0)).clamp_min(1e-6).float().cpu()
     values = torch.round(means.cpu() / steps).long()
@@ -150,7 +160,7 @@ def compress(
         "coder": CODER,
         "model_sha256": model_sha,
         "code_model_sha256": code_sha,
-        "step": step if code_model.kind == "scalar" else None,
+        "step": step if code_model.kind == "scalar" and not prior_tables(model) else None,
         "count": len(images),
         "shape": list(images.shape[1:]),
         "positions": code_model.counts.shape[0],
@@ -205,7 +215,11 @@ def bits_per_pixel(size: int, count: int, shape: tuple[int, ...]) -> float:
 
 
 def code_model_path(run: Path, model: Model, step: float) -> Path:
-    return run / ("code-model-vq.safetensors" if _quantizes(model) else f"code-model-step{step:g}.safetensors")
+    if _quantizes(model):
+        return run / "code-model-vq.safetensors"
+    if prior_tables(model):
+        return run / "code-model-prior.safetensors"
+    return run / f"code-model-step{step:g}.safetensors"
 
 
 def run_code_model(
@@ -230,9 +244,14 @@ def run_code_model(
                 return CodeModel(kind, f.get_tensor("counts"), f.get_tensor("offsets"), f.get_tensor("steps")), path
         except Exception as exc:  # a damaged cache is fitted again
             log(f"refitting the code model: {path} unusable ({type(exc).__name__})")
-    images = training_images(run_dir, model, data_dir)
-    code_model = fit_code_model(model, images, step)
+    if prior_tables(model):
+        code_model = fit_code_model(model, torch.empty(0), step)
+        how = f"took the code model from the run's {model.prior.label()}"
+    else:
+        images = training_images(run_dir, model, data_dir)
+        code_model = fit_code_model(model, images, step)
+        how = f"fitted the code model to {len(images)} training codes"
     metadata = {"kind": code_model.kind, "step": str(step)}
     atomic_write(path, lambda tmp: save_file(code_model.tensors(), str(tmp), metadata=metadata))
-    log(f"fitted the code model to {len(images)} training codes: {path}")
+    log(f"{how}: {path}")
     return code_model, path

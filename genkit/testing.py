@@ -157,7 +157,7 @@ SMALL_NETS = {
     "decoder.hidden": 32,
 }
 #: presets tried, in order, to compose a model around a prior or a loss
-HOST_MODELS = ("vae-conv", "ae", "vq-vae")
+HOST_MODELS = ("vae-conv", "ae", "vq-vae", "compressor")
 
 
 def _seeded(seed: int) -> torch.Generator:

@@ -12,7 +12,7 @@ from genkit.cli import main
 SMALL = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
 
 
-@pytest.fixture(params=["vq-vae", "ae"])
+@pytest.fixture(params=["vq-vae", "ae", "compressor"])
 def coded(request, tiny_images):
     torch.manual_seed(0)
     model = genkit.get_model(request.param, latent=8, channels=4, hidden=16).eval()
@@ -42,6 +42,10 @@ def test_the_coded_size_is_the_code_models_rate(coded, tiny_images):
     assert ideal > 200
     assert abs(8 * len(words) - ideal) <= 0.05 * ideal + 64  # a range coder's overhead is a few words
     assert header["count"] == 64 and header["shape"] == [1, 28, 28] and header["format"] == gkc.FORMAT_VERSION
+    if gkc.prior_tables(model):  # and the code model's rate is the one the rd loss trained (the prior's, in bits)
+        with torch.no_grad():
+            trained = -model.prior.log_mass(model.encode(tiny_images).mean).sum() / torch.log(torch.tensor(2.0))
+        assert ideal == pytest.approx(float(trained), rel=0.01)
 
 
 def test_damaged_files_are_refused_in_one_line(coded):

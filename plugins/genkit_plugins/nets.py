@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from einops.layers.torch import Rearrange
+import torch
 from torch import Tensor, nn
 
 from genkit import Config, ConfigError, Decoder, Encoder, ModelConfig, Posterior, option
 
-HEADS = ("gaussian", "deterministic")
+HEADS = ("gaussian", "deterministic", "integer")
+HEAD_HELP = (
+    "gaussian: a posterior mean and log-variance; deterministic: a point code; integer: a point code rounded "
+    "outside training (learned compression, with the rd loss)"
+)
 
 
 @dataclass
@@ -35,7 +40,7 @@ class ConvNetConfig(Config):
 
 @dataclass
 class ConvEncoderConfig(ConvNetConfig):
-    head: str = option("gaussian", "gaussian: a posterior mean and log-variance; deterministic: a point code", HEADS)
+    head: str = option("gaussian", HEAD_HELP, HEADS)
 
 
 @dataclass
@@ -50,7 +55,7 @@ class MLPNetConfig(Config):
 
 @dataclass
 class MLPEncoderConfig(MLPNetConfig):
-    head: str = option("gaussian", "gaussian: a posterior mean and log-variance; deterministic: a point code", HEADS)
+    head: str = option("gaussian", HEAD_HELP, HEADS)
 
 
 def _stages(config: ConvNetConfig, dims: ModelConfig) -> tuple[int, int]:
@@ -65,8 +70,10 @@ def _stages(config: ConvNetConfig, dims: ModelConfig) -> tuple[int, int]:
     return stages, dims.image_size // 2**stages
 
 
-def _posterior(out: Tensor, gaussian: bool) -> Posterior:
-    if not gaussian:
+def _posterior(out: Tensor, head: str, training: bool) -> Posterior:
+    if head == "integer" and not training:  # training sees the real-valued code (the loss adds noise or rounds)
+        return Posterior(torch.round(out))
+    if head != "gaussian":
         return Posterior(out)
     mean, logvar = out.chunk(2, dim=1)
     return Posterior(mean, logvar)
@@ -80,7 +87,7 @@ class ConvEncoder(Encoder):
     def __init__(self, config: ConvEncoderConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
         (stages, side), c = _stages(config, dims), config.channels
-        self.gaussian = config.head == "gaussian"
+        self.code, self.gaussian = config.head, config.head == "gaussian"
         deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
         for _ in range(stages - 2):
             deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
@@ -99,7 +106,7 @@ class ConvEncoder(Encoder):
         self.head = nn.Linear(config.hidden, dims.latent * (2 if self.gaussian else 1))
 
     def forward(self, x: Tensor) -> Posterior:
-        return _posterior(self.head(self.body(x)), self.gaussian)
+        return _posterior(self.head(self.body(x)), self.code, self.training)
 
 
 class ConvDecoder(Decoder):
@@ -153,13 +160,13 @@ class MLPEncoder(Encoder):
 
     def __init__(self, config: MLPEncoderConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
-        self.gaussian = config.head == "gaussian"
+        self.code, self.gaussian = config.head, config.head == "gaussian"
         pixels = dims.image_channels * dims.image_size**2
         self.body = nn.Sequential(nn.Flatten(), *_mlp(pixels, config.hidden, config.layers))
         self.head = nn.Linear(config.hidden, dims.latent * (2 if self.gaussian else 1))
 
     def forward(self, x: Tensor) -> Posterior:
-        return _posterior(self.head(self.body(x)), self.gaussian)
+        return _posterior(self.head(self.body(x)), self.code, self.training)
 
 
 class MLPDecoder(Decoder):

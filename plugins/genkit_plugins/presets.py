@@ -110,3 +110,12 @@ aae = Preset(
     loss="aae",
     options={"encoder": {"head": "deterministic"}},
 )
+
+compressor = Preset(
+    "Learned image compressor (Ballé et al. 2017): integer codes under a factorised entropy model, rate + λ·MSE",
+    encoder="conv",
+    decoder="conv",
+    prior="factorized",
+    loss="rd",
+    options={"model": {"latent": 32}, "encoder": {"head": "integer"}},
+)
