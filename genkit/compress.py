@@ -4,8 +4,8 @@ The codes are turned into integer symbols, one per latent position: a ``vq`` enc
 are, a compressor's integer codes as they are, any other model's posterior means divided by a step (a multiple of
 each dimension's spread over the training codes) and rounded. The code model holds, per position, integer counts
 of the symbols: a compressor's are its trained entropy model's masses (``integer_masses``), the others' are
-counts over the training codes (plus one). Encoder and decoder use exactly the same tables on any machine; constriction's range coder
-(``Categorical(perfect=False)``) turns symbols into 32-bit words. A file holds::
+counts over the training codes (plus one). Encoder and decoder use exactly the same tables on any machine;
+constriction's range coder (``Categorical(perfect=False)``) turns symbols into 32-bit words. A file holds::
 
     b"GKC\\0" | header length (u32) | header (JSON) | words (u32, little-endian)
 

@@ -108,7 +108,7 @@ def test_rd_benchmark_measures_codecs_and_genkit_alike(image_folder, tmp_path, t
     small = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
     assert main(["run", "ae", "--latent", "4", *small, "--dataset", str(image_folder), "--out", str(run)]) == 0
     images = (tiny_images[:16] * 255).round() / 255  # 8-bit images, as datasets hold them
-    points = rd.codec_points(images) + rd.genkit_points(run, "ae", [0.5, 4.0], images)
+    points = rd.codec_points(images) + rd.genkit_points(run, "ae", "ae", [0.5, 4.0], images)
     by_method = {p.method: p for p in points}
     assert by_method["PNG lossless"].lossless and by_method["bz2 -9 of the raw set"].lossless
     assert by_method["WEBP q90"].psnr > by_method["WEBP q0"].psnr and by_method["JPEG q5"].bytes_per_image > 100

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from genkit_plugins.entropy import FactorizedPrior
 
 import genkit
 from genkit.cli import main
-from genkit_plugins.entropy import FactorizedPrior
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ class FactorizedPrior(Prior):
         return self.log_mass(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        d, k = self.means.shape
+        d = self.means.shape[0]
         component = torch.multinomial(self.logits.softmax(-1), n, replacement=True, generator=generator).T  # (n, D)
         u = torch.rand(n, d, generator=generator, device=self.device).clamp(1e-6, 1 - 1e-6)
         index = torch.arange(d, device=self.device)

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from einops.layers.torch import Rearrange
 import torch
+from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
 from genkit import Config, ConfigError, Decoder, Encoder, ModelConfig, Posterior, option
