@@ -455,9 +455,14 @@ def denoise(run_dir: str, images: tuple[str, ...], noise: str | None, output: st
 @click.option("--step", type=click.FloatRange(min=0, min_open=True),
               help="Quantisation step, in standard deviations of each code dimension [default: 0.5] (not for vq "
                    "models or a compressor, whose codes are integers already).")  # fmt: skip
+@click.option("--lossless", is_flag=True,
+              help="Exact 8-bit pixels by bits-back coding (a VAE trained with the logistic likelihood).")  # fmt: skip
 @click.option("--data-dir", envvar=DATA_ENV, help="Where the run's dataset lives (to fit the code model once).")
-def compress(run_dir: str, images: tuple[str, ...], output: str, step: float | None, data_dir: str | None) -> None:
-    """Compress IMAGES into one file: quantised latent codes, entropy-coded (constriction's range coder)."""
+def compress(
+    run_dir: str, images: tuple[str, ...], output: str, step: float | None, lossless: bool, data_dir: str | None
+) -> None:
+    """Compress IMAGES into one file: quantised latent codes, entropy-coded (constriction's range coder), or
+    with --lossless the exact pixels by bits-back coding with ANS."""
     from genkit import compress as gkc
     from genkit.checkpoint import WEIGHTS_FILE, load_model
     from genkit.data import load_images
@@ -465,11 +470,16 @@ def compress(run_dir: str, images: tuple[str, ...], output: str, step: float | N
     from genkit.metrics import psnr
 
     model = load_model(run_dir).eval()
+    if lossless:
+        if step is not None:
+            raise click.UsageError("--step does not apply with --lossless: the pixels are coded exactly")
+        _compress_lossless(run_dir, model, load_images(list(images), *_image_format(model)), output)
+        return
     if step is not None and gkc.prior_tables(model):
         raise click.UsageError(f"--step does not apply to {run_dir}: its codes are integers under its own prior")
     step = 0.5 if step is None else step
     code_model, code_path = gkc.run_code_model(run_dir, model, step, data_dir, log=click.echo)
-    batch = load_images(list(images), model.config.image_size, model.config.image_channels)
+    batch = load_images(list(images), *_image_format(model))
     data, decoded = gkc.compress(
         model, batch, code_model, gkc.sha256(Path(run_dir) / WEIGHTS_FILE), gkc.sha256(code_path), step
     )
@@ -485,6 +495,34 @@ def compress(run_dir: str, images: tuple[str, ...], output: str, step: float | N
     )
 
 
+def _image_format(model: Any) -> tuple[int, int]:
+    return model.config.image_size, model.config.image_channels
+
+
+def _compress_lossless(run_dir: str, model: Any, batch: Any, output: str) -> None:
+    import torch
+
+    from genkit import bitsback
+    from genkit import compress as gkc
+    from genkit.checkpoint import WEIGHTS_FILE
+    from genkit.files import atomic_write_bytes
+
+    bitsback.check_model(model, run_dir)
+    data = bitsback.compress(model, batch, gkc.sha256(Path(run_dir) / WEIGHTS_FILE))
+    header, words = gkc.read_header(data, output)
+    back = torch.cat(list(bitsback.decompress(model, header, words, output)))  # checked before it is written
+    if not torch.equal(bitsback.levels_of(back), bitsback.levels_of(batch)):
+        raise DataError(f"lossless coding did not round-trip on this machine; {output} was not written")
+    atomic_write_bytes(Path(output), data, parents=False)
+    n, pixels = len(batch), batch[0].numel() // batch.shape[1]
+    expected = bitsback.elbo_bits(model, bitsback.levels_of(batch).float() / 255) / (n * pixels)
+    click.echo(
+        f"{n} image(s) -> {output}: {len(data)} bytes, {len(data) / n:.1f} bytes/image, "
+        f"{gkc.bits_per_pixel(len(data), n, tuple(batch.shape[1:])):.3f} bits/pixel, lossless (decoded and checked "
+        f"here); the model's -ELBO is {expected:.3f} bits/pixel, the header {len(data) - len(words)} bytes"
+    )
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -495,6 +533,7 @@ def decompress(run_dir: str, file: str, output: str, data_dir: str | None) -> No
     import shutil
     import tempfile
 
+    from genkit import bitsback
     from genkit import compress as gkc
     from genkit.checkpoint import WEIGHTS_FILE, load_model
     from genkit.data import save_png
@@ -504,18 +543,22 @@ def decompress(run_dir: str, file: str, output: str, data_dir: str | None) -> No
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not an empty folder: name a new one")
     data = require_regular_file(file, "compressed file").read_bytes()
-    header, _ = gkc.read_header(data, file)
+    header, words = gkc.read_header(data, file)
     model = load_model(run_dir).eval()
     if header.get("model_sha256") != gkc.sha256(Path(run_dir) / WEIGHTS_FILE):
         raise DataError(f"{file} was compressed with another model than {run_dir}: decode it with that run")
-    code_model, code_path = gkc.run_code_model(run_dir, model, float(header.get("step") or 0.5), data_dir)
-    if gkc.sha256(code_path) != header.get("code_model_sha256"):
-        raise DataError(f"{file} was coded with another code model than {code_path}: compress the images again")
+    if header.get("mode") == bitsback.MODE:
+        batches = bitsback.decompress(model, header, words, file)
+    else:
+        code_model, code_path = gkc.run_code_model(run_dir, model, float(header.get("step") or 0.5), data_dir)
+        if gkc.sha256(code_path) != header.get("code_model_sha256"):
+            raise DataError(f"{file} was coded with another code model than {code_path}: compress the images again")
+        batches = gkc.decompress(model, data, code_model, file)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # into a hidden folder first: a failure leaves no partial output
         index = 0
-        for batch in gkc.decompress(model, data, code_model, file):
+        for batch in batches:
             for image in batch:
                 save_png(image, staging / f"{index:05d}.png")
                 index += 1

@@ -154,9 +154,7 @@ def compress(
         table = np.tile(probabilities, (len(batch), 1))
         encoder.encode(batch.reshape(-1).numpy().astype(np.int32), family, table)
         decoded.append(reconstruct(model, batch, code_model))
-    words = encoder.get_compressed().astype("<u4").tobytes()
     header = {
-        "format": FORMAT_VERSION,
         "coder": CODER,
         "model_sha256": model_sha,
         "code_model_sha256": code_sha,
@@ -164,10 +162,15 @@ def compress(
         "count": len(images),
         "shape": list(images.shape[1:]),
         "positions": code_model.counts.shape[0],
-        "words_sha256": hashlib.sha256(words).hexdigest(),
     }
-    text = json.dumps(header).encode()
-    return MAGIC + struct.pack("<I", len(text)) + text + words, torch.cat(decoded)
+    return pack(header, encoder.get_compressed()), torch.cat(decoded)
+
+
+def pack(header: dict, words: np.ndarray) -> bytes:
+    """A file's bytes: ``header`` (with the format version and the words' checksum added) and the 32-bit words."""
+    data = words.astype("<u4").tobytes()
+    text = json.dumps({"format": FORMAT_VERSION, **header, "words_sha256": hashlib.sha256(data).hexdigest()})
+    return MAGIC + struct.pack("<I", len(text.encode())) + text.encode() + data
 
 
 def read_header(data: bytes, name: str) -> tuple[dict, bytes]:

@@ -1,8 +1,9 @@
 """Built-in losses (``genkit.losses`` group): ``reconstruction`` and the (β-weighted, warmed-up) ``elbo``.
 
 Every loss here and in ``genkit_plugins.losses`` scores reconstructions with the same likelihood options
-(``LikelihoodConfig``): Bernoulli on the decoder's logits, or a Gaussian of fixed ``sigma`` around
-``sigmoid(logits)`` (squared error, as many published nets train).
+(``LikelihoodConfig``): Bernoulli on the decoder's logits, a Gaussian of fixed ``sigma`` around
+``sigmoid(logits)`` (squared error, as many published nets train), or a discretised logistic over the 256 grey
+levels of 8-bit images (``logistic``: a real probability mass, so -log p(x) in bits is a lossless code length).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from genkit.parts import Batch, Loss, LossOutput, Posterior, require_density, re
 if TYPE_CHECKING:
     from genkit.model import Model
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+#: grey levels of the ``logistic`` likelihood (8-bit images)
+LEVELS = 256
+#: how far past black and white the ``logistic`` likelihood's location reaches, so that pure black and white get
+#: mass near 1 (MNIST is mostly exact 0 and 255)
+MARGIN = 0.1
+#: the smallest log-mass a grey level gets (keeps losses finite for levels far from the location)
+MIN_LOG_MASS = -80.0
 
 
 @dataclass
@@ -30,7 +38,7 @@ class LikelihoodConfig(Config):
     """How reconstructions are scored: log p(x|z)."""
 
     likelihood: str = option("bernoulli", "reconstruction likelihood p(x|z)", LIKELIHOODS)
-    sigma: float = option(0.1, "standard deviation of the gaussian likelihood")
+    sigma: float = option(0.1, "standard deviation of the gaussian likelihood; scale of the logistic (in [0, 1] units)")
 
     positive: ClassVar[tuple[str, ...]] = ("sigma",)
 
@@ -44,9 +52,43 @@ def reconstruction_log_likelihood(
         per_pixel = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif likelihood == "gaussian":
         per_pixel = -0.5 * ((torch.sigmoid(logits) - target) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
+    elif likelihood == "logistic":
+        lo, hi = level_edges(torch.round(target * (LEVELS - 1)))
+        location = logistic_location(logits)
+        per_pixel = _log_bin_mass((lo - location) / sigma, (hi - location) / sigma)
     else:
         raise ConfigError(f"unknown likelihood {likelihood!r}: use {' or '.join(LIKELIHOODS)}")
     return per_pixel.flatten(1).sum(1)
+
+
+def _log_bin_mass(lo: Tensor, hi: Tensor) -> Tensor:
+    """log(CDF(hi) - CDF(lo)) of the standard logistic, for bins [lo, hi] (either end may be infinite)."""
+    # CDF(hi) - CDF(lo) below the centre and SF(lo) - SF(hi) above it, in logs: both small numbers there, so
+    # neither tail loses its precision (the clamp keeps the branch torch.where drops free of inf gradients)
+    below = F.logsigmoid(hi) + torch.log1p(-torch.exp(F.logsigmoid(lo) - F.logsigmoid(hi)).clamp_max(1 - 1e-6))
+    above = F.logsigmoid(-lo) + torch.log1p(-torch.exp(F.logsigmoid(-hi) - F.logsigmoid(-lo)).clamp_max(1 - 1e-6))
+    return torch.where(lo + hi > 0, above, below).clamp_min(MIN_LOG_MASS)
+
+
+def logistic_location(logits: Tensor) -> Tensor:
+    """The ``logistic`` likelihood's location: sigmoid(logits) stretched to reach MARGIN past black and white."""
+    return (1 + 2 * MARGIN) * torch.sigmoid(logits.float()) - MARGIN
+
+
+def level_edges(levels: Tensor) -> tuple[Tensor, Tensor]:
+    """The bin [lo, hi] of each grey level (0..255) in [0, 1] units; the end bins reach to -inf and inf."""
+    lo = torch.where(levels > 0, (levels - 0.5) / (LEVELS - 1), -torch.inf)
+    hi = torch.where(levels < LEVELS - 1, (levels + 0.5) / (LEVELS - 1), torch.inf)
+    return lo, hi
+
+
+def logistic_level_log_masses(logits: Tensor, sigma: float) -> Tensor:
+    """log P(level) of each of the 256 grey levels, shaped (*logits.shape, 256), under the ``logistic``
+    likelihood: a logistic of scale ``sigma`` at ``(1 + 2 MARGIN) sigmoid(logits) - MARGIN``, its mass on each
+    level's bin, the tails in the end bins."""
+    lo, hi = level_edges(torch.arange(LEVELS, device=logits.device, dtype=torch.float32))
+    location = logistic_location(logits).unsqueeze(-1)
+    return _log_bin_mass((lo - location) / sigma, (hi - location) / sigma)
 
 
 def importance_log_weights(
