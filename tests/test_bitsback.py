@@ -1,0 +1,117 @@
+"""Lossless compression: the logistic likelihood over grey levels and bits-back coding with ANS."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import genkit
+from genkit import bitsback
+from genkit import compress as gkc
+from genkit.cli import main
+from genkit.losses import logistic_level_log_masses, reconstruction_log_likelihood
+
+LOGISTIC = {"loss.likelihood": "logistic", "loss.sigma": 0.05}
+
+
+def test_the_logistic_likelihood_is_a_mass_over_the_grey_levels():
+    logits = torch.tensor([-12.0, -2.0, 0.0, 0.7, 12.0], requires_grad=True)
+    masses = logistic_level_log_masses(logits, 0.02).exp().detach()
+    assert torch.allclose(masses.sum(-1), torch.ones(5), atol=1e-5)
+    assert float(masses[0, 0]) > 0.99 and float(masses[-1, -1]) > 0.99  # reaches pure black and white
+    # an inner level's mass is the logistic CDF difference over its bin, in closed form
+    location = 1.2 * torch.sigmoid(logits[3].detach()) - 0.1
+    level = int(torch.round(location * 255))
+    cdf = torch.sigmoid((torch.tensor([level - 0.5, level + 0.5]) / 255 - location) / 0.02)
+    assert float(masses[3, level]) == pytest.approx(float(cdf[1] - cdf[0]), rel=1e-4)
+    # finite gradients even for levels many scales away
+    logistic_level_log_masses(logits, 0.001).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_the_likelihood_of_images_is_the_sum_of_their_levels_masses(tiny_images):
+    logits = torch.randn(tiny_images.shape, generator=torch.Generator().manual_seed(0))
+    target = torch.round(tiny_images * 255) / 255
+    table = logistic_level_log_masses(logits, 0.05)
+    expected = table.gather(-1, torch.round(target * 255).long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+    got = reconstruction_log_likelihood(logits, target, "logistic", 0.05)
+    assert torch.allclose(got, expected, rtol=1e-5)
+
+
+@pytest.fixture
+def vae(tiny_images):
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16, **LOGISTIC)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):  # a few steps, so that q(z|x) depends on x
+        opt.zero_grad()
+        model.loss(tiny_images, generator=g).total.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_bits_back_round_trips_exactly_at_about_the_elbo(vae, tiny_images):
+    levels = bitsback.levels_of(tiny_images)
+    data = bitsback.compress(vae, tiny_images, "m" * 64)
+    header, words = gkc.read_header(data, "f")
+    back = torch.cat(list(bitsback.decompress(vae, header, words, "f")))
+    assert torch.equal(bitsback.levels_of(back), levels)  # every pixel exactly
+    coded = 8 * len(words)
+    elbo = bitsback.elbo_bits(vae, levels.float() / 255)
+    seed = 32 * len(bitsback._seed_words(4))  # the starting words stay on the stack
+    assert abs(coded - seed - elbo) < 0.03 * elbo  # bits-back: the net cost is -ELBO, within discretisation
+
+
+def test_a_damaged_lossless_file_is_refused(vae, tiny_images):
+    data = bytearray(bitsback.compress(vae, tiny_images[:4], "m" * 64))
+    header, words = gkc.read_header(bytes(data), "f")
+    wrong = dict(header, pixels_sha256="0" * 64)
+    with pytest.raises(genkit.DataError, match="does not decode exactly"):
+        list(bitsback.decompress(vae, wrong, words, "x.gkc"))
+    other = np.frombuffer(words, dtype="<u4").copy()
+    other[-1] ^= 1  # a valid-looking stack that decodes into other pixels
+    with pytest.raises(genkit.DataError, match="does not decode exactly"):
+        list(bitsback.decompress(vae, header, other.tobytes(), "x.gkc"))
+
+
+def test_only_a_vae_with_a_grey_level_likelihood_codes_losslessly():
+    for name, options in (("ae", {}), ("vae-conv", {}), ("vae-conv", {"prior": "mog", **LOGISTIC})):
+        model = genkit.get_model(name, latent=4, channels=4, hidden=16, **options)
+        with pytest.raises(genkit.ConfigError, match="cannot compress losslessly") as error:
+            bitsback.check_model(model, "R")
+        assert "\n" not in str(error.value)
+
+
+def test_lossless_on_the_command_line(image_folder, tmp_path, capsys):
+    run = tmp_path / "vae"
+    args = ["--set", "loss.likelihood=logistic", "--set", "loss.sigma=0.05", "--latent", "4"]
+    small = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
+    assert main(["run", "vae-conv", *args, *small, "--dataset", str(image_folder), "--out", str(run)]) == 0
+    images = sorted(image_folder.rglob("*.png"))[:6]
+    out = tmp_path / "x.gkc"
+    capsys.readouterr()
+    assert main(["compress", str(run), *map(str, images), "-o", str(out), "--lossless"]) == 0
+    printed = capsys.readouterr().out
+    assert "lossless" in printed and f"{out.stat().st_size} bytes" in printed
+    bpp = float(printed.split(" bits/pixel")[0].rsplit(" ", 1)[1])
+    assert bpp == pytest.approx(8 * out.stat().st_size / (6 * 784), abs=1e-3)
+    assert main(["decompress", str(run), str(out), "-o", str(tmp_path / "back")]) == 0
+    for i, path in enumerate(images):
+        decoded = np.asarray(Image.open(tmp_path / "back" / f"{i:05d}.png").convert("L"))
+        assert np.array_equal(decoded, np.asarray(Image.open(path).convert("L")))
+    # --step makes no sense here, and an ae cannot do it: one line each, exit 2
+    assert main(["compress", str(run), str(images[0]), "-o", str(tmp_path / "y"), "--lossless", "--step", "1"]) == 2
+    ae = tmp_path / "ae"
+    assert main(["run", "ae", "--latent", "4", *small, "--dataset", str(image_folder), "--out", str(ae)]) == 0
+    capsys.readouterr()
+    assert main(["compress", str(ae), str(images[0]), "-o", str(tmp_path / "z"), "--lossless"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot compress losslessly" in err and not (tmp_path / "z").exists()
+
+
+def test_bits_per_pixel_of_a_file():
+    assert gkc.bits_per_pixel(784, 8, (1, 28, 28)) == pytest.approx(1.0)
+    assert math.isclose(gkc.bits_per_pixel(98, 1, (3, 28, 28)), 1.0)
