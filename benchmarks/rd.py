@@ -5,7 +5,9 @@
 Codecs (through Pillow, every image saved to its own file, headers included): PNG and WebP lossless, WebP, JPEG
 and AVIF at several qualities; gzip and bz2 of the raw 8-bit set. genkit: models trained once by ``genkit run``
 (kept in ``benchmarks/runs/``, reused when finished), each image set compressed into one file by the same code
-as ``genkit compress``, at several quantisation steps. PSNR is that of the mean squared error over the set.
+as ``genkit compress``, at several quantisation steps (a learned compressor at several lambdas), and losslessly by
+bits-back coding (``genkit compress --lossless``) with VAEs trained with the logistic likelihood. PSNR is that of
+the mean squared error over the set.
 Results: ``benchmarks/results/rd-<dataset>-<device>.json``, a markdown table with the comparison at matched PSNR,
 and a bytes-versus-PSNR plot in ``docs/images/``.
 """
@@ -28,6 +30,7 @@ import torch
 
 import genkit
 from benchmarks.results_io import write_results
+from genkit import bitsback
 from genkit import compress as gkc
 from genkit.checkpoint import WEIGHTS_FILE, load_model
 from genkit.data import load_dataset
@@ -45,16 +48,35 @@ CODECS = {
     "JPEG": [(f"q{q}", {"quality": q}) for q in (5, 10, 25, 50, 75, 90)],
     "AVIF": [(f"q{q}", {"quality": q}) for q in (0, 10, 25, 50, 75, 90)],
 }
-#: genkit models: (run folder name, curve, genkit run arguments, quantisation steps; None: the codes as they are,
-#: a vq model's indices or a compressor's integers)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A genkit model in the benchmark: trained once by ``genkit run ARGS``, then coded at each step."""
+
+    name: str  #: run folder name
+    curve: str  #: the curve its points belong to
+    args: tuple[str, ...]  #: genkit run arguments
+    steps: tuple[float | None, ...] = (None,)  #: quantisation steps; None: the codes as they are (vq, compressor)
+    lossless: bool = False  #: bits-back coding of the exact pixels instead
+
+
+#: a VAE with a probability for every grey level, for bits-back coding (its logistic scale set per entry)
+LOSSLESS_VAE = ("vae-conv", "--latent", "16", "--set", "loss.likelihood=logistic", "--set")
 MODELS = [
-    ("ae-latent8", "ae-latent8", ["ae", "--latent", "8"], [0.25, 0.5, 1.0, 2.0]),
-    ("ae-latent16", "ae-latent16", ["ae", "--latent", "16"], [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]),
-    ("ae-latent32", "ae-latent32", ["ae", "--latent", "32"], [0.1, 0.25, 0.5, 1.0, 2.0]),
-    ("vq-vae", "vq-vae", ["vq-vae", "--latent", "16"], [None]),
-] + [  # the learned compressor, trained for rate + lmbda * distortion: one run per point of its curve
-    (f"compressor-lmbda{lmbda:g}", "compressor", ["compressor", "--set", f"loss.lmbda={lmbda:g}"], [None])
-    for lmbda in (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+    Entry("ae-latent8", "ae-latent8", ("ae", "--latent", "8"), (0.25, 0.5, 1.0, 2.0)),
+    Entry("ae-latent16", "ae-latent16", ("ae", "--latent", "16"), (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
+    Entry("ae-latent32", "ae-latent32", ("ae", "--latent", "32"), (0.1, 0.25, 0.5, 1.0, 2.0)),
+    Entry("vq-vae", "vq-vae", ("vq-vae", "--latent", "16")),
+    # the learned compressor, trained for rate + lmbda * distortion: one run per point of its curve
+    *(
+        Entry(f"compressor-lmbda{lmbda:g}", "compressor", ("compressor", "--set", f"loss.lmbda={lmbda:g}"))
+        for lmbda in (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+    ),
+    *(
+        Entry(f"vae-logistic{sigma:g}", "lossless", (*LOSSLESS_VAE, f"loss.sigma={sigma:g}"), lossless=True)
+        for sigma in (0.03, 0.06)
+    ),
 ]
 
 
@@ -108,14 +130,21 @@ def train_run(name: str, args: list[str], dataset: str, epochs: int, device: str
     return run
 
 
-def genkit_points(run: Path, name: str, curve: str, steps: list[float | None], images: torch.Tensor) -> list[Point]:
+def genkit_points(run: Path, entry: Entry, images: torch.Tensor) -> list[Point]:
     model = load_model(run).eval()
+    weights = gkc.sha256(run / WEIGHTS_FILE)
+    if entry.lossless:
+        data = bitsback.compress(model, images, weights)
+        header, words = gkc.read_header(data, entry.name)
+        back = torch.cat(list(bitsback.decompress(model, header, words, entry.name)))
+        assert torch.equal(bitsback.levels_of(back), bitsback.levels_of(images)), "bits-back did not round-trip"
+        return [Point(f"genkit {entry.name} bits-back", f"genkit:{entry.curve}", len(data) / len(images), None)]
     points = []
-    for step in steps:
+    for step in entry.steps:
         code_model, path = gkc.run_code_model(run, model, step or 0.5)
-        data, decoded = gkc.compress(model, images, code_model, gkc.sha256(run / WEIGHTS_FILE), gkc.sha256(path), step)
-        label = f"genkit {name}" + (f" step {step:g}" if step else "")
-        points.append(Point(label, f"genkit:{curve}", len(data) / len(images), psnr(decoded, images)))
+        data, decoded = gkc.compress(model, images, code_model, weights, gkc.sha256(path), step)
+        label = f"genkit {entry.name}" + (f" step {step:g}" if step else "")
+        points.append(Point(label, f"genkit:{entry.curve}", len(data) / len(images), psnr(decoded, images)))
     return points
 
 
@@ -131,6 +160,7 @@ def bytes_at(points: list[Point], family: str, quality: float) -> float | None:
 
 def markdown(record: dict) -> str:
     points = [Point(**p) for p in record["points"]]
+    pixels = record.get("pixels", 784)
     lines = [
         f"# Rate–distortion on {record['dataset']}: first {record['images']} test images, {record['device_name']}",
         "",
@@ -145,7 +175,7 @@ def markdown(record: dict) -> str:
         for family in ("WEBP", "JPEG"):
             other = bytes_at(points, family, p.psnr) if p.family.startswith("genkit") and not p.lossless else None
             cells.append(f"{other:.0f} B ({other / p.bytes_per_image:.1f}x)" if other else "—")
-        quality = "lossless" if p.lossless else f"{p.psnr:.2f}"
+        quality = f"lossless, {8 * p.bytes_per_image / pixels:.2f} bits/pixel" if p.lossless else f"{p.psnr:.2f}"
         lines.append(f"| {p.method} | {p.bytes_per_image:.1f} | {quality} | {cells[0]} | {cells[1]} |")
     lines += ["", "genkit models:", ""] + [f"- `genkit {' '.join(c)}`" for c in record["runs"]]
     return "\n".join(lines) + "\n"
@@ -186,13 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
     images = test.images[: args.images]
     points = codec_points(images)
     runs = []
-    for name, curve, run_args, steps in MODELS:
-        run = train_run(name, run_args, args.dataset, args.epochs, str(device))
-        runs.append(["run", *run_args, "--dataset", args.dataset, "--epochs", str(args.epochs)])
-        points += genkit_points(run, name, curve, steps, images)
+    for entry in MODELS:
+        run = train_run(entry.name, list(entry.args), args.dataset, args.epochs, str(device))
+        runs.append(["run", *entry.args, "--dataset", args.dataset, "--epochs", str(args.epochs)])
+        points += genkit_points(run, entry, images)
     record = {
         "dataset": args.dataset,
         "images": len(images),
+        "pixels": images[0, 0].numel(),
         "device": str(device),
         "device_name": device_name(device),
         "genkit": genkit.__version__,
