@@ -465,7 +465,7 @@ def compress(
     with --lossless the exact pixels by bits-back coding with ANS."""
     from genkit import compress as gkc
     from genkit.checkpoint import WEIGHTS_FILE, load_model
-    from genkit.data import load_images
+    from genkit.data import iter_image_batches, load_images
     from genkit.files import atomic_write_bytes
     from genkit.metrics import psnr
 
@@ -479,19 +479,19 @@ def compress(
         raise click.UsageError(f"--step does not apply to {run_dir}: its codes are integers under its own prior")
     step = 0.5 if step is None else step
     code_model, code_path = gkc.run_code_model(run_dir, model, step, data_dir, log=click.echo)
-    batch = load_images(list(images), *_image_format(model))
-    data, decoded = gkc.compress(
-        model, batch, code_model, gkc.sha256(Path(run_dir) / WEIGHTS_FILE), gkc.sha256(code_path), step
-    )
+    writer, psnr_sum = gkc.CodeWriter(model, code_model), 0.0
+    for batch in iter_image_batches(list(images), *_image_format(model), batch_size=gkc.BATCH):
+        decoded = writer.add(batch)
+        psnr_sum += psnr(decoded, batch) * len(batch)
+    data = writer.finish(gkc.sha256(Path(run_dir) / WEIGHTS_FILE), gkc.sha256(code_path), step)
     atomic_write_bytes(Path(output), data, parents=False)
-    n = len(batch)
-    bpp = gkc.bits_per_pixel(len(data), n, tuple(batch.shape[1:]))
-    ideal = code_model.bits(gkc.symbols(model, batch, code_model)) / 8 / n
+    n = writer.count
+    bpp = gkc.bits_per_pixel(len(data), n, tuple(writer.shape))
     header = len(data) - len(gkc.read_header(data, output)[1])
     click.echo(
         f"{n} image(s) -> {output}: {len(data)} bytes, {len(data) / n:.1f} bytes/image ({bpp:.3f} bits/pixel), "
-        f"PSNR {psnr(decoded, batch):.2f} dB; the codes take {(len(data) - header) / n:.1f} bytes/image (the code "
-        f"model expects {ideal:.1f}), the header {header} bytes"
+        f"PSNR {psnr_sum / n:.2f} dB; the codes take {(len(data) - header) / n:.1f} bytes/image (the code "
+        f"model expects {writer.ideal_bits / 8 / n:.1f}), the header {header} bytes"
     )
 
 

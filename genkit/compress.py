@@ -140,30 +140,50 @@ def _coder():
     return constriction
 
 
+class CodeWriter:
+    """Codes images into one file a batch at a time, so memory holds one batch however many images there are."""
+
+    def __init__(self, model: Model, code_model: CodeModel) -> None:
+        constriction = _coder()
+        self.model, self.code_model = model, code_model
+        self.family = constriction.stream.model.Categorical(perfect=False)
+        self.probabilities = code_model.probabilities()
+        self.encoder = constriction.stream.queue.RangeEncoder()
+        self.count, self.shape, self.ideal_bits = 0, [0, 0, 0], 0.0
+
+    def add(self, images: Tensor) -> Tensor:
+        """Code ``images`` (N, C, H, W) and return their decoded images (what decompress will give)."""
+        decoded = []
+        for start in range(0, len(images), BATCH):
+            batch = symbols(self.model, images[start : start + BATCH], self.code_model)
+            table = np.tile(self.probabilities, (len(batch), 1))
+            self.encoder.encode(batch.reshape(-1).numpy().astype(np.int32), self.family, table)
+            self.ideal_bits += self.code_model.bits(batch)
+            decoded.append(reconstruct(self.model, batch, self.code_model))
+        self.count, self.shape = self.count + len(images), list(images.shape[1:])
+        return torch.cat(decoded)
+
+    def finish(self, model_sha: str, code_sha: str, step: float | None = None) -> bytes:
+        """The file's bytes: the header (naming the model and code model by their sha256) and the words."""
+        header = {
+            "coder": CODER,
+            "model_sha256": model_sha,
+            "code_model_sha256": code_sha,
+            "step": step if self.code_model.kind == "scalar" and not prior_tables(self.model) else None,
+            "count": self.count,
+            "shape": self.shape,
+            "positions": self.code_model.counts.shape[0],
+        }
+        return pack(header, self.encoder.get_compressed())
+
+
 def compress(
     model: Model, images: Tensor, code_model: CodeModel, model_sha: str, code_sha: str, step: float | None = None
 ) -> tuple[bytes, Tensor]:
     """The file's bytes for ``images`` and their decoded images (what decompress will give)."""
-    constriction = _coder()
-    family = constriction.stream.model.Categorical(perfect=False)
-    probabilities = code_model.probabilities()
-    encoder = constriction.stream.queue.RangeEncoder()
-    decoded = []
-    for start in range(0, len(images), BATCH):
-        batch = symbols(model, images[start : start + BATCH], code_model)
-        table = np.tile(probabilities, (len(batch), 1))
-        encoder.encode(batch.reshape(-1).numpy().astype(np.int32), family, table)
-        decoded.append(reconstruct(model, batch, code_model))
-    header = {
-        "coder": CODER,
-        "model_sha256": model_sha,
-        "code_model_sha256": code_sha,
-        "step": step if code_model.kind == "scalar" and not prior_tables(model) else None,
-        "count": len(images),
-        "shape": list(images.shape[1:]),
-        "positions": code_model.counts.shape[0],
-    }
-    return pack(header, encoder.get_compressed()), torch.cat(decoded)
+    writer = CodeWriter(model, code_model)
+    decoded = writer.add(images)
+    return writer.finish(model_sha, code_sha, step), decoded
 
 
 def pack(header: dict, words: np.ndarray) -> bytes:

@@ -7,7 +7,7 @@ import gzip
 import os
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -359,6 +359,16 @@ def load_images(paths: list[str] | list[Path], image_size: int, channels: int) -
             )
         batch.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
     return torch.stack(batch).float().div_(255.0)
+
+
+def iter_image_batches(
+    paths: list[str] | list[Path], image_size: int, channels: int, batch_size: int = 256
+) -> Iterator[Tensor]:
+    """``load_images`` a batch of files at a time, so that memory holds one batch of any number of files."""
+    if not paths:
+        raise DataError("no image files given")
+    for start in range(0, len(paths), batch_size):
+        yield load_images(paths[start : start + batch_size], image_size, channels)
 
 
 def _is_gray(img: Any) -> bool:

@@ -97,3 +97,22 @@ def test_a_file_from_another_model_is_refused(image_folder, tmp_path, capsys):
     assert main(["decompress", str(runs[1]), str(tmp_path / "a.gkc"), "-o", str(tmp_path / "out")]) == 2
     assert "compressed with another model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_compress_streams_the_images_a_batch_at_a_time(image_folder, tmp_path, capsys, monkeypatch):
+    import genkit.data
+
+    run = tmp_path / "ae"
+    assert main(["run", "ae", "--latent", "4", *SMALL, "--dataset", str(image_folder), "--out", str(run)]) == 0
+    images = sorted(str(p) for p in image_folder.rglob("*.png"))[:10]
+    assert main(["compress", str(run), *images, "-o", str(tmp_path / "one.gkc")]) == 0
+    loaded = []
+    real = genkit.data.load_images
+    monkeypatch.setattr(gkc, "BATCH", 4)
+    monkeypatch.setattr(genkit.data, "load_images", lambda paths, *a: loaded.append(len(paths)) or real(paths, *a))
+    capsys.readouterr()
+    assert main(["compress", str(run), *images, "-o", str(tmp_path / "batched.gkc")]) == 0
+    assert loaded == [4, 4, 2]  # never more than a batch of images in memory
+    # the coded stream does not depend on how the images were cut into batches
+    assert (tmp_path / "batched.gkc").read_bytes() == (tmp_path / "one.gkc").read_bytes()
+    assert "10 image(s)" in capsys.readouterr().out
