@@ -40,7 +40,7 @@ class LikelihoodEstimate:
     bits_per_dim: float  #: nats / (pixels x log 2)
     samples: int
     images: int
-    likelihood: str  #: the decoder's p(x|z): bernoulli or gaussian (a density over [0, 1]-valued pixels)
+    likelihood: str  #: the decoder's p(x|z): bernoulli, gaussian (densities on [0, 1]) or logistic (256 levels)
 
 
 def nll_unavailable(model: Model) -> str | None:

@@ -102,6 +102,10 @@ def test_lossless_on_the_command_line(image_folder, tmp_path, capsys):
     for i, path in enumerate(images):
         decoded = np.asarray(Image.open(tmp_path / "back" / f"{i:05d}.png").convert("L"))
         assert np.array_equal(decoded, np.asarray(Image.open(path).convert("L")))
+    # the run's test NLL in bits/dim is the length of such a code
+    capsys.readouterr()
+    assert main(["eval", str(run), "--nll", "--samples", "4", "--limit", "8"]) == 0
+    assert "bits/dim is the length of a lossless code" in capsys.readouterr().out
     # --step makes no sense here, and an ae cannot do it: one line each, exit 2
     assert main(["compress", str(run), str(images[0]), "-o", str(tmp_path / "y"), "--lossless", "--step", "1"]) == 2
     ae = tmp_path / "ae"
