@@ -65,7 +65,7 @@ def test_config_dict_round_trip_and_errors():
         cls.from_dict({"beta": 4, "colour": "red"})
     with pytest.raises(genkit.ConfigError, match="JSON object"):
         cls.from_dict([1, 2])
-    with pytest.raises(genkit.ConfigError, match="likelihood must be one of bernoulli, gaussian, got 'poisson'"):
+    with pytest.raises(genkit.ConfigError, match="must be one of bernoulli, gaussian, logistic, got 'poisson'"):
         cls(likelihood="poisson")
     with pytest.raises(genkit.ConfigError, match="multiple of 4"):
         genkit.get_model("vae-conv", image_size=30)

@@ -14,8 +14,8 @@ from genkit import Config, ConfigError, Decoder, Encoder, ModelConfig, Posterior
 
 HEADS = ("gaussian", "deterministic", "integer")
 HEAD_HELP = (
-    "gaussian: a posterior mean and log-variance; deterministic: a point code; integer: a point code rounded "
-    "outside training (learned compression, with the rd loss)"
+    "gaussian: a posterior mean and log-variance; deterministic: a point code; integer: a point code, rounded "
+    "outside training (for the rd loss)"
 )
 
 
