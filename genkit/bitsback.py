@@ -84,29 +84,39 @@ def _seed_words(latent: int) -> np.ndarray:
     return np.random.default_rng(SEED).integers(1, 1 << 32, size=count, dtype=np.uint32)
 
 
-def _coder():
-    from genkit.compress import _coder as load
+class _Tables:
+    """The entropy models of one model's images: q(bucket | x), p(level | z) and the uniform p(bucket)."""
 
-    return load()
+    def __init__(self, model: Model) -> None:
+        from genkit.compress import entropy_coder
+
+        self.constriction = entropy_coder()
+        self.model = model
+        self.categorical = self.constriction.stream.model.Categorical(perfect=False)
+        self.uniform = self.constriction.stream.model.Uniform(1 << PRECISION)
+        self.edges, self.centres = _buckets(model.device)
+        self.pixel_edges = _pixel_edges(model.device)
+
+    def posterior(self, image: Tensor) -> np.ndarray:
+        x = image[None].to(self.model.device).float() / (LEVELS - 1)
+        return _posterior_table(self.model, x, self.edges)
+
+    def pixels(self, buckets: np.ndarray) -> np.ndarray:
+        z = self.centres[torch.from_numpy(buckets.astype(np.int64)).to(self.model.device)].float()[None]
+        return _pixel_table(self.model, z, self.pixel_edges)
 
 
 @torch.no_grad()
 def encode(model: Model, levels: Tensor) -> np.ndarray:
     """The ANS words of ``levels`` (N, C, H, W) uint8 grey levels; images go on in reverse so that decoding
     gives them first to last."""
-    constriction = _coder()
-    categorical = constriction.stream.model.Categorical(perfect=False)
-    uniform = constriction.stream.model.Uniform(1 << PRECISION)
-    edges, centres = _buckets(model.device)
-    pixel_edges = _pixel_edges(model.device)
-    coder = constriction.stream.stack.AnsCoder(_seed_words(model.config.latent))
+    tables = _Tables(model)
+    coder = tables.constriction.stream.stack.AnsCoder(_seed_words(model.config.latent))
     for image in reversed(levels):
-        x = image[None].to(model.device).float() / (LEVELS - 1)
-        buckets = coder.decode(categorical, _posterior_table(model, x, edges))  # the bits back
-        z = centres[torch.from_numpy(buckets.astype(np.int64)).to(model.device)].float()[None]
+        buckets = coder.decode(tables.categorical, tables.posterior(image))  # the bits back
         pixels = image.reshape(-1).numpy().astype(np.int32)
-        coder.encode_reverse(pixels, categorical, _pixel_table(model, z, pixel_edges))
-        coder.encode_reverse(buckets, uniform)
+        coder.encode_reverse(pixels, tables.categorical, tables.pixels(buckets))
+        coder.encode_reverse(buckets, tables.uniform)
     return coder.get_compressed()
 
 
@@ -114,23 +124,20 @@ def encode(model: Model, levels: Tensor) -> np.ndarray:
 def decode(model: Model, words: np.ndarray, count: int, shape: tuple[int, ...], name: str) -> Iterator[Tensor]:
     """The images (uint8, one at a time) of ``encode``'s words; ``DataError`` if the stack does not end on the
     seed words (a damaged file, or one made on a machine whose floats differ)."""
-    constriction = _coder()
-    categorical = constriction.stream.model.Categorical(perfect=False)
-    uniform = constriction.stream.model.Uniform(1 << PRECISION)
-    edges, centres = _buckets(model.device)
-    pixel_edges = _pixel_edges(model.device)
-    coder = constriction.stream.stack.AnsCoder(words.astype(np.uint32))
-    latent = model.config.latent
+    tables = _Tables(model)
+    damaged = f"{name} does not decode exactly with this model: the file is damaged or was made elsewhere"
+    try:
+        coder = tables.constriction.stream.stack.AnsCoder(words.astype(np.uint32))
+    except ValueError:  # e.g. ending in a zero word, which no ANS stream does
+        raise DataError(damaged) from None
     for _ in range(count):
-        buckets = coder.decode(uniform, latent)
-        z = centres[torch.from_numpy(buckets.astype(np.int64)).to(model.device)].float()[None]
-        pixels = coder.decode(categorical, _pixel_table(model, z, pixel_edges))
+        buckets = coder.decode(tables.uniform, model.config.latent)
+        pixels = coder.decode(tables.categorical, tables.pixels(buckets))
         image = torch.from_numpy(pixels.astype(np.uint8)).view(*shape)
-        x = image[None].to(model.device).float() / (LEVELS - 1)
-        coder.encode_reverse(buckets, categorical, _posterior_table(model, x, edges))
+        coder.encode_reverse(buckets, tables.categorical, tables.posterior(image))
         yield image
-    if not np.array_equal(coder.get_compressed(), _seed_words(latent)):
-        raise DataError(f"{name} does not decode exactly with this model: the file is damaged or was made elsewhere")
+    if not np.array_equal(coder.get_compressed(), _seed_words(model.config.latent)):
+        raise DataError(damaged)
 
 
 def levels_of(images: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,7 +133,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _coder():
+def entropy_coder() -> Any:
+    """constriction, or a one-line ``DataError`` saying how to install it."""
     try:
         import constriction
     except ImportError:
@@ -144,7 +146,7 @@ class CodeWriter:
     """Codes images into one file a batch at a time, so memory holds one batch however many images there are."""
 
     def __init__(self, model: Model, code_model: CodeModel) -> None:
-        constriction = _coder()
+        constriction = entropy_coder()
         self.model, self.code_model = model, code_model
         self.family = constriction.stream.model.Categorical(perfect=False)
         self.probabilities = code_model.probabilities()
@@ -217,7 +219,7 @@ def read_header(data: bytes, name: str) -> tuple[dict, bytes]:
 
 def decompress(model: Model, data: bytes, code_model: CodeModel, name: str = "file") -> Iterator[Tensor]:
     """The images of a compressed file, a batch at a time (checked against ``model`` by the caller)."""
-    constriction = _coder()
+    constriction = entropy_coder()
     header, words = read_header(data, name)
     positions = code_model.counts.shape[0]
     if header.get("positions") != positions:

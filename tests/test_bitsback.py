@@ -75,6 +75,9 @@ def test_a_damaged_lossless_file_is_refused(vae, tiny_images):
     other[-1] ^= 1  # a valid-looking stack that decodes into other pixels
     with pytest.raises(genkit.DataError, match="does not decode exactly"):
         list(bitsback.decompress(vae, header, other.tobytes(), "x.gkc"))
+    other[-1] = 0  # no ANS stream ends in a zero word
+    with pytest.raises(genkit.DataError, match="does not decode exactly"):
+        list(bitsback.decompress(vae, header, other.tobytes(), "x.gkc"))
 
 
 def test_only_a_vae_with_a_grey_level_likelihood_codes_losslessly():
