@@ -75,7 +75,7 @@ MODELS = [
     ),
     *(
         Entry(f"vae-logistic{sigma:g}", "lossless", (*LOSSLESS_VAE, f"loss.sigma={sigma:g}"), lossless=True)
-        for sigma in (0.03, 0.06)
+        for sigma in (0.03, 0.06, 0.12)
     ),
 ]
 
