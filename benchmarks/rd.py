@@ -210,13 +210,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of genkit's models")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--models", help="only these genkit entries, comma-separated (default: all)")
     args = parser.parse_args(argv)
+    entries = MODELS
+    if args.models:
+        wanted = args.models.split(",")
+        entries = [e for e in MODELS if e.name in wanted]
+        unknown = set(wanted) - {e.name for e in entries}
+        if unknown:
+            names = ", ".join(e.name for e in MODELS)
+            parser.error(f"unknown --models {', '.join(sorted(unknown))}: choose from {names}")
     device = select_device(args.device)
     _, test = load_dataset(args.dataset)
     images = test.images[: args.images]
     points = codec_points(images)
     runs = []
-    for entry in MODELS:
+    for entry in entries:
         run = train_run(entry.name, list(entry.args), args.dataset, args.epochs, str(device))
         runs.append(["run", *entry.args, "--dataset", args.dataset, "--epochs", str(args.epochs)])
         points += genkit_points(run, entry, images)

@@ -131,3 +131,12 @@ def test_rd_benchmark_measures_codecs_and_genkit_alike(image_folder, tmp_path, t
     assert point.lossless and point.family == "genkit:lossless" and point.bytes_per_image > 0
     rd.plot(record, tmp_path / "rd.png")
     assert (tmp_path / "rd.png").stat().st_size > 5000
+
+
+def test_rd_benchmark_refuses_an_unknown_model(capsys):
+    from benchmarks import rd
+
+    with pytest.raises(SystemExit) as exit_info:
+        rd.main(["--models", "compressor-lmbda0.002,nope"])
+    assert exit_info.value.code == 2
+    assert "unknown --models nope: choose from ae-latent8" in capsys.readouterr().err
