@@ -82,15 +82,6 @@ def level_edges(levels: Tensor) -> tuple[Tensor, Tensor]:
     return lo, hi
 
 
-def logistic_level_log_masses(logits: Tensor, sigma: float) -> Tensor:
-    """log P(level) of each of the 256 grey levels, shaped (*logits.shape, 256), under the ``logistic``
-    likelihood: a logistic of scale ``sigma`` at ``(1 + 2 MARGIN) sigmoid(logits) - MARGIN``, its mass on each
-    level's bin, the tails in the end bins."""
-    lo, hi = level_edges(torch.arange(LEVELS, device=logits.device, dtype=torch.float32))
-    location = logistic_location(logits).unsqueeze(-1)
-    return _log_bin_mass((lo - location) / sigma, (hi - location) / sigma)
-
-
 def importance_log_weights(
     model: Model,
     posterior: Posterior,

@@ -11,9 +11,16 @@ import genkit
 from genkit import bitsback
 from genkit import compress as gkc
 from genkit.cli import main
-from genkit.losses import logistic_level_log_masses, reconstruction_log_likelihood
+from genkit.losses import reconstruction_log_likelihood
 
 LOGISTIC = {"loss.likelihood": "logistic", "loss.sigma": 0.05}
+
+
+def logistic_level_log_masses(logits: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log P(level) of each of the 256 grey levels for one-pixel images with these ``logits``: (N, 256)."""
+    pixels = logits.reshape(-1, 1, 1, 1)
+    levels = [torch.full_like(pixels, level / 255) for level in range(256)]
+    return torch.stack([reconstruction_log_likelihood(pixels, t, "logistic", sigma) for t in levels], -1)
 
 
 def test_the_logistic_likelihood_is_a_mass_over_the_grey_levels():
@@ -34,10 +41,14 @@ def test_the_logistic_likelihood_is_a_mass_over_the_grey_levels():
 def test_the_likelihood_of_images_is_the_sum_of_their_levels_masses(tiny_images):
     logits = torch.randn(tiny_images.shape, generator=torch.Generator().manual_seed(0))
     target = torch.round(tiny_images * 255) / 255
-    table = logistic_level_log_masses(logits, 0.05)
+    # the plain CDF differences in float64, the end bins reaching to -inf and inf
+    location = (1.2 * torch.sigmoid(logits.double()) - 0.1).unsqueeze(-1)
+    edges = torch.cat([torch.tensor([-torch.inf]), (torch.arange(1, 256.0) - 0.5) / 255, torch.tensor([torch.inf])])
+    cdf = torch.sigmoid((edges.double() - location) / 0.05)
+    table = (cdf[..., 1:] - cdf[..., :-1]).clamp_min(1e-35).log()
     expected = table.gather(-1, torch.round(target * 255).long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
     got = reconstruction_log_likelihood(logits, target, "logistic", 0.05)
-    assert torch.allclose(got, expected, rtol=1e-5)
+    assert torch.allclose(got.double(), expected, rtol=1e-5)
 
 
 @pytest.fixture
