@@ -87,7 +87,7 @@ class ConvEncoder(Encoder):
     def __init__(self, config: ConvEncoderConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
         (stages, side), c = _stages(config, dims), config.channels
-        self.code, self.gaussian = config.head, config.head == "gaussian"
+        self.code = config.head  # kept: the vq encoder replaces self.config with its own
         deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
         for _ in range(stages - 2):
             deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
@@ -103,7 +103,7 @@ class ConvEncoder(Encoder):
             nn.Linear(2 * c * side * side, config.hidden),
             nn.ReLU(),
         )
-        self.head = nn.Linear(config.hidden, dims.latent * (2 if self.gaussian else 1))
+        self.head = nn.Linear(config.hidden, dims.latent * (2 if self.code == "gaussian" else 1))
 
     def forward(self, x: Tensor) -> Posterior:
         return _posterior(self.head(self.body(x)), self.code, self.training)
@@ -160,10 +160,10 @@ class MLPEncoder(Encoder):
 
     def __init__(self, config: MLPEncoderConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
-        self.code, self.gaussian = config.head, config.head == "gaussian"
+        self.code = config.head
         pixels = dims.image_channels * dims.image_size**2
         self.body = nn.Sequential(nn.Flatten(), *_mlp(pixels, config.hidden, config.layers))
-        self.head = nn.Linear(config.hidden, dims.latent * (2 if self.gaussian else 1))
+        self.head = nn.Linear(config.hidden, dims.latent * (2 if self.code == "gaussian" else 1))
 
     def forward(self, x: Tensor) -> Posterior:
         return _posterior(self.head(self.body(x)), self.code, self.training)
