@@ -78,7 +78,9 @@ def project_2d(codes: torch.Tensor, method: str = "tsne") -> tuple[torch.Tensor,
         raise ConfigError(f"unknown latent projection {method!r}: use {' or '.join(PROJECTIONS)}")
     if codes.shape[1] == 1:
         return torch.cat([codes, torch.zeros_like(codes)], 1), "z"
-    if codes.shape[1] == 2 or codes.shape[0] < 4:  # too few codes to project: the first two coordinates
+    # too few (distinct) codes to project: the first two coordinates. Identical codes (a collapsed or barely
+    # trained model, integer codes all rounded to 0) make t-SNE's PCA start divide by zero and then crash
+    if codes.shape[1] == 2 or codes.shape[0] < 4 or torch.unique(codes, dim=0).shape[0] < 4:
         return codes[:, :2], "z"
     if method == "tsne":
         from sklearn.manifold import TSNE

@@ -246,6 +246,10 @@ def test_latent_codes_are_drawn_by_tsne_or_pca_and_the_title_says_which(tmp_path
         a, b = points[:40].mean(0), points[40:].mean(0)
         assert (a - b).norm() > 2 * max(points[:40].std(0).norm(), points[40:].std(0).norm())  # apart
     assert report.project_2d(clusters[:, :2], "tsne")[1] == "z"
+    # identical codes (a collapsed model) would crash t-SNE in native code: their first two coordinates instead
+    same = torch.zeros(80, 10)
+    same[:40, 0] = 1
+    assert report.project_2d(same, "tsne")[1] == "z" and report.project_2d(same, "tsne")[0].shape == (80, 2)
     titles = []
     real = report._save_figure
     monkeypatch.setattr(

@@ -1,4 +1,5 @@
-"""Built-in encoders and decoders (``conv`` and ``mlp`` in the ``genkit.encoders``/``genkit.decoders`` groups)."""
+"""Built-in encoders and decoders (``conv``, ``fcn`` and ``mlp`` in the ``genkit.encoders``/``genkit.decoders``
+groups)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,14 @@ HEAD_HELP = (
 
 
 @dataclass
-class ConvNetConfig(Config):
-    """Two stride-2 convolutions and a fully connected layer (the decoder mirrors them)."""
+class FCNConfig(Config):
+    """Stride-2 convolutions only: the code is a grid of feature vectors (the decoder mirrors them)."""
 
     channels: int = option(32, "channels of the first convolution (the second has twice as many)")
-    hidden: int = option(256, "width of the fully connected layer between convolutions and latent")
     blocks: int = option(0, "extra 3x3 convolutions after each resolution change (a deeper network)")
     stages: int = option(0, "stride-2 convolutions; 0: 2 for images up to 32 pixels, one more per doubling")
 
-    positive: ClassVar[tuple[str, ...]] = ("channels", "hidden")
+    positive: ClassVar[tuple[str, ...]] = ("channels",)
 
     def validate(self) -> None:
         super().validate()
@@ -39,7 +39,21 @@ class ConvNetConfig(Config):
 
 
 @dataclass
+class ConvNetConfig(FCNConfig):
+    """Two stride-2 convolutions and a fully connected layer (the decoder mirrors them)."""
+
+    hidden: int = option(256, "width of the fully connected layer between convolutions and latent")
+
+    positive: ClassVar[tuple[str, ...]] = ("channels", "hidden")
+
+
+@dataclass
 class ConvEncoderConfig(ConvNetConfig):
+    head: str = option("gaussian", HEAD_HELP, HEADS)
+
+
+@dataclass
+class FCNEncoderConfig(FCNConfig):
     head: str = option("gaussian", HEAD_HELP, HEADS)
 
 
@@ -58,7 +72,7 @@ class MLPEncoderConfig(MLPNetConfig):
     head: str = option("gaussian", HEAD_HELP, HEADS)
 
 
-def _stages(config: ConvNetConfig, dims: ModelConfig) -> tuple[int, int]:
+def _stages(config: FCNConfig, dims: ModelConfig) -> tuple[int, int]:
     """(stride-2 stages, side of the smallest feature map): 2 stages up to 32 pixels (28 -> 7, 32 -> 8), then one
     more per doubling (64 -> 8), unless ``config.stages`` fixes the number."""
     stages = config.stages or 2 + max(0, math.ceil(math.log2(dims.image_size / 32)))
@@ -79,6 +93,27 @@ def _posterior(out: Tensor, head: str, training: bool) -> Posterior:
     return Posterior(mean, logvar)
 
 
+def _down(config: FCNConfig, dims: ModelConfig) -> tuple[list[nn.Module], int]:
+    """The encoder's convolutions, image -> (2c, side, side) features, and ``side``."""
+    (stages, side), c = _stages(config, dims), config.channels
+    deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
+    for _ in range(stages - 2):
+        deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
+    layers = [nn.Conv2d(dims.image_channels, c, 4, 2, 1), nn.ReLU(), *_refine(c, config.blocks)]
+    layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks), *deeper]
+    return layers, side
+
+
+def _up(config: FCNConfig, dims: ModelConfig) -> list[nn.Module]:
+    """The decoder's transposed convolutions, (2c, side, side) features -> image logits (mirrors ``_down``)."""
+    stages, c = _stages(config, dims)[0], config.channels
+    layers = _refine(2 * c, config.blocks)
+    for _ in range(stages - 2):
+        layers += [nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
+    layers += [nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(), *_refine(c, config.blocks)]
+    return [*layers, nn.ConvTranspose2d(c, dims.image_channels, 4, 2, 1)]
+
+
 class ConvEncoder(Encoder):
     """x -> conv(c) -> conv(2c) -> fc(hidden) -> mean (and log-variance with the gaussian head)."""
 
@@ -86,21 +121,12 @@ class ConvEncoder(Encoder):
 
     def __init__(self, config: ConvEncoderConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
-        (stages, side), c = _stages(config, dims), config.channels
+        down, side = _down(config, dims)
         self.code = config.head  # kept: the vq encoder replaces self.config with its own
-        deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
-        for _ in range(stages - 2):
-            deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
         self.body = nn.Sequential(
-            nn.Conv2d(dims.image_channels, c, 4, 2, 1),
-            nn.ReLU(),
-            *_refine(c, config.blocks),
-            nn.Conv2d(c, 2 * c, 4, 2, 1),
-            nn.ReLU(),
-            *_refine(2 * c, config.blocks),
-            *deeper,
+            *down,
             Rearrange("n c h w -> n (c h w)"),
-            nn.Linear(2 * c * side * side, config.hidden),
+            nn.Linear(2 * config.channels * side * side, config.hidden),
             nn.ReLU(),
         )
         self.head = nn.Linear(config.hidden, dims.latent * (2 if self.code == "gaussian" else 1))
@@ -116,22 +142,62 @@ class ConvDecoder(Decoder):
 
     def __init__(self, config: ConvNetConfig, dims: ModelConfig) -> None:
         super().__init__(config, dims)
-        (stages, side), c = _stages(config, dims), config.channels
-        deeper: list[nn.Module] = []
-        for _ in range(stages - 2):
-            deeper += [nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
+        side, c = _stages(config, dims)[1], config.channels
         self.body = nn.Sequential(
             nn.Linear(dims.latent, config.hidden),
             nn.ReLU(),
             nn.Linear(config.hidden, 2 * c * side * side),
             nn.ReLU(),
             Rearrange("n (c h w) -> n c h w", c=2 * c, h=side, w=side),
-            *_refine(2 * c, config.blocks),
-            *deeper,
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
+            *_up(config, dims),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(z)
+
+
+def _grid_channels(dims: ModelConfig, side: int) -> int:
+    """Channels of the fcn nets' code grid: the latent size spread over side x side positions."""
+    if dims.latent % (side * side):
+        raise ConfigError(
+            f"the fcn encoder and decoder code a {side}x{side} grid, so latent must be a multiple of {side * side}, "
+            f"got {dims.latent}: e.g. --latent {8 * side * side} for 8 channels"
+        )
+    return dims.latent // (side * side)
+
+
+class FCNEncoder(Encoder):
+    """x -> conv(c) -> conv(2c) -> 3x3 conv to a grid of codes, flattened: local codes, as learned image
+    compressors use (Ballé et al.); the latent size is grid channels x side x side."""
+
+    config_class = FCNEncoderConfig
+
+    def __init__(self, config: FCNEncoderConfig, dims: ModelConfig) -> None:
+        super().__init__(config, dims)
+        down, side = _down(config, dims)
+        k = _grid_channels(dims, side) * (2 if config.head == "gaussian" else 1)
+        self.code = config.head
+        # channel-major flattening, so a gaussian head's mean and log-variance are the two halves of the vector
+        self.body = nn.Sequential(*down, nn.Conv2d(2 * config.channels, k, 3, padding=1), nn.Flatten())
+
+    def forward(self, x: Tensor) -> Posterior:
+        return _posterior(self.body(x), self.code, self.training)
+
+
+class FCNDecoder(Decoder):
+    """The code grid -> 3x3 conv(2c) -> transposed conv(c) -> transposed conv(image channels) logits."""
+
+    config_class = FCNConfig
+
+    def __init__(self, config: FCNConfig, dims: ModelConfig) -> None:
+        super().__init__(config, dims)
+        side = _stages(config, dims)[1]
+        k = _grid_channels(dims, side)
+        self.body = nn.Sequential(
+            nn.Unflatten(1, (k, side, side)),
+            nn.Conv2d(k, 2 * config.channels, 3, padding=1),
             nn.ReLU(),
-            *_refine(c, config.blocks),
-            nn.ConvTranspose2d(c, dims.image_channels, 4, 2, 1),
+            *_up(config, dims),
         )
 
     def forward(self, z: Tensor) -> Tensor:
