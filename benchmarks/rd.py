@@ -9,7 +9,9 @@ as ``genkit compress``, at several quantisation steps (a learned compressor at s
 bits-back coding (``genkit compress --lossless``) with VAEs trained with the logistic likelihood. PSNR is that of
 the mean squared error over the set.
 Results: ``benchmarks/results/rd-<dataset>-<device>.json``, a markdown table with the comparison at matched PSNR,
-and a bytes-versus-PSNR plot in ``docs/images/``.
+and a bytes-versus-PSNR plot in ``docs/images/``. With ``--models`` only those entries are (trained and) coded;
+the other entries' points are kept from the previous results of the same dataset, image count and epochs, and the
+table lists every command that made it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import bz2
 import gzip
 import io
 import itertools
+import json
 import math
 import subprocess
 import sys
@@ -63,6 +66,8 @@ class Entry:
 
 #: a VAE with a probability for every grey level, for bits-back coding (its logistic scale set per entry)
 LOSSLESS_VAE = ("vae-conv", "--latent", "16", "--set", "loss.likelihood=logistic", "--set")
+FCN = ("--encoder", "fcn", "--decoder", "fcn", "--latent", "392")
+FCN_LMBDAS = (0.008, 0.032, 0.128)
 MODELS = [
     Entry("ae-latent8", "ae-latent8", ("ae", "--latent", "8"), (0.25, 0.5, 1.0, 2.0)),
     Entry("ae-latent16", "ae-latent16", ("ae", "--latent", "16"), (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
@@ -72,6 +77,13 @@ MODELS = [
     *(
         Entry(f"compressor-lmbda{lmbda:g}", "compressor", ("compressor", "--set", f"loss.lmbda={lmbda:g}"))
         for lmbda in (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+    ),
+    # the compressor with local codes (a 7x7 grid of 8 channels on 28-pixel images): the high-quality end
+    *(
+        Entry(
+            f"compressor-fcn-lmbda{lmbda:g}", "compressor-fcn", ("compressor", *FCN, "--set", f"loss.lmbda={lmbda:g}")
+        )
+        for lmbda in FCN_LMBDAS
     ),
     *(
         Entry(f"vae-logistic{sigma:g}", "lossless", (*LOSSLESS_VAE, f"loss.sigma={sigma:g}"), lossless=True)
@@ -88,6 +100,7 @@ class Point:
     family: str  #: the curve it belongs to (PNG, WEBP, JPEG, AVIF, raw, genkit:<model>)
     bytes_per_image: float
     psnr: float | None  #: dB; None when lossless
+    entry: str | None = None  #: the genkit entry that made it; None for the codecs
 
     @property
     def lossless(self) -> bool:
@@ -138,13 +151,15 @@ def genkit_points(run: Path, entry: Entry, images: torch.Tensor) -> list[Point]:
         header, words = gkc.read_header(data, entry.name)
         back = torch.cat(list(bitsback.decompress(model, header, words, entry.name)))
         assert torch.equal(bitsback.levels_of(back), bitsback.levels_of(images)), "bits-back did not round-trip"
-        return [Point(f"genkit {entry.name} bits-back", f"genkit:{entry.curve}", len(data) / len(images), None)]
+        size = len(data) / len(images)
+        return [Point(f"genkit {entry.name} bits-back", f"genkit:{entry.curve}", size, None, entry.name)]
     points = []
     for step in entry.steps:
         code_model, path = gkc.run_code_model(run, model, step or 0.5)
         data, decoded = gkc.compress(model, images, code_model, weights, gkc.sha256(path), step)
         label = f"genkit {entry.name}" + (f" step {step:g}" if step else "")
-        points.append(Point(label, f"genkit:{entry.curve}", len(data) / len(images), psnr(decoded, images)))
+        size, quality = len(data) / len(images), psnr(decoded, images)
+        points.append(Point(label, f"genkit:{entry.curve}", size, quality, entry.name))
     return points
 
 
@@ -158,13 +173,26 @@ def bytes_at(points: list[Point], family: str, quality: float) -> float | None:
     return None
 
 
+def best_genkit_beating(points: list[Point], target: Point) -> Point | None:
+    """genkit's smallest point at least as good as ``target`` (a lossless point beats every lossy one) and smaller."""
+    rivals = [
+        p
+        for p in points
+        if p.family.startswith("genkit")
+        and p.bytes_per_image < target.bytes_per_image
+        and (p.lossless or (not target.lossless and p.psnr >= target.psnr))
+    ]
+    return min(rivals, key=lambda p: p.bytes_per_image, default=None)
+
+
 def markdown(record: dict) -> str:
     points = [Point(**p) for p in record["points"]]
     pixels = record.get("pixels", 784)
+    commands = "; then ".join(f"`{c}`" for c in record["commands"])
     lines = [
         f"# Rate–distortion on {record['dataset']}: first {record['images']} test images, {record['device_name']}",
         "",
-        f"Command: `{record['command']}`. Bytes are whole files (headers included) per image; PSNR of the mean "
+        f"Made by {commands}. Bytes are whole files (headers included) per image; PSNR of the mean "
         "squared error over the set; genkit models trained by the `genkit run` commands below.",
         "",
         "| method | bytes/image | PSNR dB | WebP at that PSNR | JPEG at that PSNR |",
@@ -177,7 +205,18 @@ def markdown(record: dict) -> str:
             cells.append(f"{other:.0f} B ({other / p.bytes_per_image:.1f}x)" if other else "—")
         quality = f"lossless, {8 * p.bytes_per_image / pixels:.2f} bits/pixel" if p.lossless else f"{p.psnr:.2f}"
         lines.append(f"| {p.method} | {p.bytes_per_image:.1f} | {quality} | {cells[0]} | {cells[1]} |")
-    lines += ["", "genkit models:", ""] + [f"- `genkit {' '.join(c)}`" for c in record["runs"]]
+    lines += [
+        "",
+        "Each WebP point against genkit's smallest file that is as good (a lossless file beats every lossy one):",
+        "",
+    ]
+    for p in points:
+        if p.family == "WEBP":
+            rival = best_genkit_beating(points, p)
+            quality = "lossless" if p.lossless else f"{p.psnr:.2f} dB"
+            won = f"{rival.method}, {rival.bytes_per_image:.1f} B" if rival else "none: WebP wins"
+            lines.append(f"- WEBP {p.method.split()[-1]} ({p.bytes_per_image:.1f} B, {quality}): {won}")
+    lines += ["", "genkit models:", ""] + [f"- `genkit {' '.join(c)}`" for c in record["runs"].values()]
     return "\n".join(lines) + "\n"
 
 
@@ -203,6 +242,34 @@ def plot(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def previous_entries(path: Path, args: argparse.Namespace, replaced: set[str]) -> dict | None:
+    """The commands, runs and points of the genkit entries in the results at ``path`` other than ``replaced``, when
+    they were made on the same dataset, images and epochs (results of earlier versions, which did not name the
+    entry of each point, are read too)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    runs = record["runs"]
+    if isinstance(runs, list):  # earlier versions: a list of commands, one per entry, in MODELS order
+        names = {tuple(e.args): e.name for e in MODELS}
+        runs = {names[tuple(r[1:-4])]: r for r in runs if tuple(r[1:-4]) in names}
+    epochs = record.get("epochs") or next((int(r[-1]) for r in runs.values()), None)
+    if (record["dataset"], record["images"], epochs) != (args.dataset, args.images, args.epochs):
+        print(f"not merging with {path}: it holds other images or epochs", flush=True)
+        return None
+    points = []
+    for p in record["points"]:
+        if "entry" not in p and p["family"].startswith("genkit"):  # "genkit NAME", then " step S" or " bits-back"
+            p["entry"] = next(
+                (n for n in sorted(runs, key=len, reverse=True) if p["method"].startswith(f"genkit {n}")), None
+            )
+        point = Point(**p)
+        if point.entry in runs and point.entry not in replaced:
+            points.append(point)
+    commands = record.get("commands") or [record["command"]]
+    return {"commands": commands, "runs": {n: r for n, r in runs.items() if n not in replaced}, "points": points}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
@@ -221,26 +288,36 @@ def main(argv: list[str] | None = None) -> dict:
             names = ", ".join(e.name for e in MODELS)
             parser.error(f"unknown --models {', '.join(sorted(unknown))}: choose from {names}")
     device = select_device(args.device)
+    out = args.results / f"rd-{args.dataset}-{device.type}.json"
+    command = "python -m benchmarks.rd " + " ".join(argv if argv is not None else sys.argv[1:])
+    kept = previous_entries(out, args, {e.name for e in entries}) if args.models else None
     _, test = load_dataset(args.dataset)
     images = test.images[: args.images]
     points = codec_points(images)
-    runs = []
+    runs = {}
     for entry in entries:
         run = train_run(entry.name, list(entry.args), args.dataset, args.epochs, str(device))
-        runs.append(["run", *entry.args, "--dataset", args.dataset, "--epochs", str(args.epochs)])
+        runs[entry.name] = ["run", *entry.args, "--dataset", args.dataset, "--epochs", str(args.epochs)]
         points += genkit_points(run, entry, images)
+    commands = [command]
+    if kept:  # the entries run now replace their old points; the table keeps the order of MODELS
+        commands = kept["commands"] + commands
+        order = {e.name: i for i, e in enumerate(MODELS)}
+        runs = dict(sorted({**kept["runs"], **runs}.items(), key=lambda item: order[item[0]]))
+        ours = sorted([p for p in points if p.entry] + kept["points"], key=lambda p: order[p.entry])
+        points = [p for p in points if p.entry is None] + ours
     record = {
         "dataset": args.dataset,
         "images": len(images),
+        "epochs": args.epochs,
         "pixels": images[0, 0].numel(),
         "device": str(device),
         "device_name": device_name(device),
         "genkit": genkit.__version__,
-        "command": "python -m benchmarks.rd " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commands": commands,
         "runs": runs,
         "points": [asdict(p) for p in points],
     }
-    out = args.results / f"rd-{args.dataset}-{device.type}.json"
     write_results(out, record, markdown(record))
     plot(record, DOCS_IMAGES / f"rd-{args.dataset}-{device.type}.png")  # the compression page shows it
     return record

@@ -142,6 +142,9 @@ class ModelConformance:
 
 #: latent size of the parts and models the part checks build
 LATENT = 6
+#: latent sizes tried, in order, for encoders and decoders that refuse LATENT (a code grid of 1 channel on 4x4, 7x7
+#: or 8x8 positions: 16-, 28- and 32-pixel images)
+GRID_LATENTS = (16, 49, 64)
 #: image shapes tried, in order, as the second shape encoders and decoders must support (besides 28x28x1)
 OTHER_DIMS = (
     ModelConfig(latent=LATENT, image_size=32, image_channels=3),
@@ -173,14 +176,29 @@ def _build(kind: str, name: str, options: dict[str, Any] | None, dims: ModelConf
     return build_part(kind, name, dict(options or {}), dims)
 
 
-def _two_dims(kind: str, name: str, options: dict[str, Any] | None) -> list[ModelConfig]:
-    """28x28 grayscale and the first of ``OTHER_DIMS`` the part builds for."""
-    for dims in OTHER_DIMS:
+def _dims(kind: str, name: str, options: dict[str, Any] | None, image: ModelConfig | None = None) -> ModelConfig:
+    """The shape of ``image`` (default 28x28x1) with LATENT, or else the first of ``GRID_LATENTS`` the part
+    builds for; ConfigError if none."""
+    image = image or ModelConfig(latent=LATENT)
+    error = None
+    for latent in (LATENT, *GRID_LATENTS):
+        dims = dataclasses.replace(image, latent=latent)
         try:
             build_part(kind, name, dict(options or {}), dims)
+        except ConfigError as exc:
+            error = error or exc
+            continue
+        return dims
+    raise error
+
+
+def _two_dims(kind: str, name: str, options: dict[str, Any] | None) -> list[ModelConfig]:
+    """28x28 grayscale and the first of ``OTHER_DIMS`` the part builds for."""
+    for image in OTHER_DIMS:
+        try:
+            return [_dims(kind, name, options), _dims(kind, name, options, image)]
         except ConfigError:
             continue
-        return [ModelConfig(latent=LATENT), dims]
     raise AssertionError(f"{kind} {name} builds for none of the image shapes {OTHER_DIMS}")
 
 
@@ -213,13 +231,14 @@ def _assert_gradients(module: torch.nn.Module, what: str, every: bool = True) ->
 
 def check_options_round_trip(kind: str, name: str, options: dict[str, Any] | None = None) -> None:
     """The part keeps its options; its config survives to_dict -> JSON -> from_dict and rebuilds the same part."""
-    part = _build(kind, name, options, ModelConfig(latent=LATENT))
+    dims = _dims(kind, name, options) if kind in ("encoder", "decoder") else ModelConfig(latent=LATENT)
+    part = _build(kind, name, options, dims)
     assert part.name == name, f"part built as {name!r} is named {part.name!r}"
     data = json.loads(json.dumps(part.config.to_dict()))
     for key, value in (options or {}).items():
         assert data[key] == value, f"option {key}={value!r} became {data[key]!r}"
     assert type(part.config).from_dict(data) == part.config, "config round trip changed the config"
-    rebuilt = _build(kind, name, data, ModelConfig(latent=LATENT))
+    rebuilt = _build(kind, name, data, dims)
     shapes = {k: v.shape for k, v in part.state_dict().items()}
     assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}, "rebuilt part has other tensors"
 
@@ -241,13 +260,13 @@ def check_encoder_posterior(name: str, options: dict[str, Any] | None = None) ->
 
 def check_encoder_sampling(name: str, options: dict[str, Any] | None = None) -> None:
     """Posterior draws have the latent's shape and repeat for a seed; log_prob is (k, N) and finite if defined."""
-    dims = ModelConfig(latent=LATENT)
+    dims = _dims("encoder", name, options)
     posterior = _build("encoder", name, options, dims)(_images(dims))
     z = posterior.sample(_seeded(1))
-    assert z.shape == (4, LATENT), f"sample shape {tuple(z.shape)}"
+    assert z.shape == (4, dims.latent), f"sample shape {tuple(z.shape)}"
     assert torch.equal(z, posterior.sample(_seeded(1))), "the same seed gave other draws"
     zs = posterior.sample_n(3, _seeded(1))
-    assert zs.shape == (3, 4, LATENT), f"sample_n(3) shape {tuple(zs.shape)}"
+    assert zs.shape == (3, 4, dims.latent), f"sample_n(3) shape {tuple(zs.shape)}"
     if posterior.has_density:
         log_q = posterior.log_prob(zs)
         assert log_q.shape == (3, 4), f"log_prob shape {tuple(log_q.shape)}, expected (3, 4)"
@@ -257,7 +276,7 @@ def check_encoder_sampling(name: str, options: dict[str, Any] | None = None) -> 
 def check_encoder_gradients(name: str, options: dict[str, Any] | None = None) -> None:
     """Gradients of the posterior (mean, logvar and any other float tensor a posterior subclass carries, such as a
     quantised code) reach every encoder parameter."""
-    dims = ModelConfig(latent=LATENT)
+    dims = _dims("encoder", name, options)
     encoder = _build("encoder", name, options, dims)
     posterior = encoder(_images(dims))
     tensors = [v for f in dataclasses.fields(posterior) if isinstance(v := getattr(posterior, f.name), torch.Tensor)]
@@ -285,8 +304,9 @@ def check_decoder_shapes(name: str, options: dict[str, Any] | None = None) -> No
 
 def check_decoder_gradients(name: str, options: dict[str, Any] | None = None) -> None:
     """Gradients of the logits reach every decoder parameter and the latent codes."""
-    decoder = _build("decoder", name, options, ModelConfig(latent=LATENT))
-    z = torch.randn(3, LATENT, generator=_seeded(1)).requires_grad_()
+    dims = _dims("decoder", name, options)
+    decoder = _build("decoder", name, options, dims)
+    z = torch.randn(3, dims.latent, generator=_seeded(1)).requires_grad_()
     logits = decoder(z)
     (logits * torch.randn(logits.shape, generator=_seeded(2))).sum().backward()
     _assert_gradients(decoder, f"decoder {name}")

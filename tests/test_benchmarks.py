@@ -117,10 +117,11 @@ def test_rd_benchmark_measures_codecs_and_genkit_alike(image_folder, tmp_path, t
     # matched-PSNR interpolation is log-linear in bytes between a curve's points
     curve = [rd.Point("a", "X", 100.0, 20.0), rd.Point("b", "X", 400.0, 30.0)]
     assert rd.bytes_at(curve, "X", 25.0) == pytest.approx(200.0) and rd.bytes_at(curve, "X", 35.0) is None
-    record = {"dataset": "d", "images": 16, "device_name": "cpu", "command": "c", "runs": [["run", "ae"]],
+    record = {"dataset": "d", "images": 16, "device_name": "cpu", "commands": ["c"], "runs": {"ae": ["run", "ae"]},
               "points": [p.__dict__ for p in points]}  # fmt: skip
     table = rd.markdown(record)
-    assert "| PNG lossless |" in table and "- `genkit run ae`" in table
+    assert "| PNG lossless |" in table and "- `genkit run ae`" in table and "Made by `c`." in table
+    assert len([line for line in table.splitlines() if line.startswith("- WEBP ")]) == 7  # each WebP point judged
     png = by_method["PNG lossless"]
     assert f"| lossless, {8 * png.bytes_per_image / 784:.2f} bits/pixel |" in table
     # a VAE with the logistic likelihood gives a lossless point, decoded and checked by the benchmark itself
@@ -131,6 +132,46 @@ def test_rd_benchmark_measures_codecs_and_genkit_alike(image_folder, tmp_path, t
     assert point.lossless and point.family == "genkit:lossless" and point.bytes_per_image > 0
     rd.plot(record, tmp_path / "rd.png")
     assert (tmp_path / "rd.png").stat().st_size > 5000
+
+
+def test_rd_judges_each_webp_point_by_genkits_smallest_file_that_is_as_good():
+    from benchmarks.rd import Point, best_genkit_beating
+
+    webp = [Point("WEBP q0", "WEBP", 96.0, 23.0), Point("WEBP q50", "WEBP", 200.0, 36.0)]
+    webp.append(Point("WEBP lossless", "WEBP", 180.0, None))
+    ours = [Point("genkit c", "genkit:c", 12.0, 23.5, "c"), Point("genkit c2", "genkit:c", 30.0, 24.0, "c2")]
+    lossless = Point("genkit v bits-back", "genkit:lossless", 170.0, None, "v")
+    assert best_genkit_beating(ours, webp[0]) is ours[0]  # the smallest of the two that are as good
+    assert best_genkit_beating(ours, webp[1]) is None and best_genkit_beating(ours, webp[2]) is None
+    assert best_genkit_beating([*ours, lossless], webp[1]) is lossless  # exact pixels in fewer bytes
+    assert best_genkit_beating([*ours, lossless], webp[2]) is lossless
+
+
+def test_rd_keeps_the_entries_it_did_not_run_from_the_previous_results(tmp_path, capsys):
+    import argparse
+    import json
+
+    from benchmarks import rd
+
+    # results written before points named their entry: runs as a list, the entry read from the method
+    old = {
+        "dataset": "mnist", "images": 2000, "command": "python -m benchmarks.rd",
+        "runs": [["run", "ae", "--latent", "8", "--dataset", "mnist", "--epochs", "10"],
+                 ["run", "vq-vae", "--latent", "16", "--dataset", "mnist", "--epochs", "10"]],
+        "points": [{"method": "PNG lossless", "family": "PNG", "bytes_per_image": 268.0, "psnr": None},
+                   {"method": "genkit ae-latent8 step 0.25", "family": "genkit:ae-latent8", "bytes_per_image": 4.2,
+                    "psnr": 19.0},
+                   {"method": "genkit vq-vae", "family": "genkit:vq-vae", "bytes_per_image": 7.7, "psnr": 20.9}],
+    }  # fmt: skip
+    path = tmp_path / "rd-mnist-cpu.json"
+    path.write_text(json.dumps(old))
+    args = argparse.Namespace(dataset="mnist", images=2000, epochs=10)
+    kept = rd.previous_entries(path, args, {"vq-vae"})
+    assert kept["commands"] == ["python -m benchmarks.rd"] and list(kept["runs"]) == ["ae-latent8"]
+    assert [(p.method, p.entry) for p in kept["points"]] == [("genkit ae-latent8 step 0.25", "ae-latent8")]
+    # other epochs: nothing is kept, and it says so
+    assert rd.previous_entries(path, argparse.Namespace(dataset="mnist", images=2000, epochs=30), set()) is None
+    assert "not merging" in capsys.readouterr().out
 
 
 def test_rd_benchmark_refuses_an_unknown_model(capsys):

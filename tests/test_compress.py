@@ -12,10 +12,17 @@ from genkit.cli import main
 SMALL = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
 
 
-@pytest.fixture(params=["vq-vae", "ae", "compressor"])
+#: the compressor with local codes: a 7x7 grid of 1 channel
+FCN = {"encoder": "fcn", "decoder": "fcn", "latent": 49}
+
+
+@pytest.fixture(params=["vq-vae", "ae", "compressor", "compressor-fcn"])
 def coded(request, tiny_images):
     torch.manual_seed(0)
-    model = genkit.get_model(request.param, latent=8, channels=4, hidden=16).eval()
+    name, nets = (
+        (request.param, {"latent": 8, "hidden": 16}) if request.param != "compressor-fcn" else ("compressor", FCN)
+    )
+    model = genkit.get_model(name, channels=4, **nets).eval()
     if request.param == "vq-vae":  # set the codebook from codes, as the first training step does
         model.encoder.train()(tiny_images)
         model.eval()

@@ -345,3 +345,21 @@ def test_the_checks_catch_broken_parts(kind, part, check, match):
             getattr(genkit.testing, check)("broken")
     finally:
         registry.PARTS[kind].unregister("broken")
+
+
+def test_fcn_codes_are_a_grid_of_local_codes():
+    torch.manual_seed(0)
+    dims = genkit.ModelConfig(latent=2 * 49)  # 2 channels on the 7x7 grid of 28-pixel images
+    encoder = genkit.get_encoder("fcn", dims, channels=4, head="gaussian")
+    decoder = genkit.get_decoder("fcn", dims, channels=4)
+    x = torch.rand(2, 1, 28, 28, generator=seeded(0))
+    posterior = encoder(x)
+    assert posterior.mean.shape == posterior.logvar.shape == (2, 98)
+    assert decoder(posterior.mean).shape == (2, 1, 28, 28)
+    # a pixel in the top-left corner changes the codes near it and none at the far corner of the grid
+    y = x.clone()
+    y[:, :, 0, 0] += 1
+    moved = (encoder(y).mean - posterior.mean).abs().view(2, 2, 7, 7) > 0
+    assert moved[:, :, 0, 0].all() and not moved[:, :, 4:, 4:].any()
+    with pytest.raises(genkit.ConfigError, match=r"latent must be a multiple of 49, got 50: e\.g\. --latent 392"):
+        genkit.get_encoder("fcn", genkit.ModelConfig(latent=50))
