@@ -68,8 +68,9 @@ def _posterior_table(model: Model, x: Tensor, edges: Tensor) -> np.ndarray:
 def _pixel_table(model: Model, z: Tensor, edges: Tensor) -> np.ndarray:
     """p(level | z) for every pixel, shaped (pixels, 256): the ``logistic`` likelihood's masses (CDF
     differences in float64; the range coder quantises them far more coarsely than their rounding error)."""
-    location = logistic_location(model.decode_logits(z)).double().reshape(-1, 1)
-    cdf = torch.sigmoid((edges - location) / model.loss_fn.config.sigma)
+    config = model.loss_fn.config
+    location = logistic_location(model.decode_logits(z), config.margin).double().reshape(-1, 1)
+    cdf = torch.sigmoid((edges - location) / config.sigma)
     return (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0).cpu().numpy()
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from genkit.config import ModelConfig
 from genkit.errors import PluginError, ShapeError
+from genkit.losses import MARGIN, likelihood_images
 from genkit.parts import Batch, Decoder, Encoder, Loss, LossOutput, ModelOutput, Posterior, Prior
 
 PART_KINDS = ("encoder", "decoder", "prior", "loss")
@@ -134,8 +135,10 @@ class Model(nn.Module):
         return logits
 
     def decode(self, z: Tensor) -> Tensor:
-        """Images in [0, 1] from latent codes."""
-        return torch.sigmoid(self.decode_logits(z))
+        """Images in [0, 1] from latent codes (as the loss's likelihood reads the decoder's logits)."""
+        config = self.loss_fn.config
+        likelihood, margin = getattr(config, "likelihood", "bernoulli"), getattr(config, "margin", MARGIN)
+        return likelihood_images(self.decode_logits(z), likelihood, margin)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> ModelOutput:
         """Encode, draw z (the posterior mean in eval mode) and decode."""

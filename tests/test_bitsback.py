@@ -11,7 +11,7 @@ import genkit
 from genkit import bitsback
 from genkit import compress as gkc
 from genkit.cli import main
-from genkit.losses import reconstruction_log_likelihood
+from genkit.losses import MARGIN, reconstruction_log_likelihood
 
 LOGISTIC = {"loss.likelihood": "logistic", "loss.sigma": 0.05}
 
@@ -29,7 +29,7 @@ def test_the_logistic_likelihood_is_a_mass_over_the_grey_levels():
     assert torch.allclose(masses.sum(-1), torch.ones(5), atol=1e-5)
     assert float(masses[0, 0]) > 0.99 and float(masses[-1, -1]) > 0.99  # reaches pure black and white
     # an inner level's mass is the logistic CDF difference over its bin, in closed form
-    location = 1.2 * torch.sigmoid(logits[3].detach()) - 0.1
+    location = (1 + 2 * MARGIN) * torch.sigmoid(logits[3].detach()) - MARGIN
     level = int(torch.round(location * 255))
     cdf = torch.sigmoid((torch.tensor([level - 0.5, level + 0.5]) / 255 - location) / 0.02)
     assert float(masses[3, level]) == pytest.approx(float(cdf[1] - cdf[0]), rel=1e-4)
@@ -42,13 +42,24 @@ def test_the_likelihood_of_images_is_the_sum_of_their_levels_masses(tiny_images)
     logits = torch.randn(tiny_images.shape, generator=torch.Generator().manual_seed(0))
     target = torch.round(tiny_images * 255) / 255
     # the plain CDF differences in float64, the end bins reaching to -inf and inf
-    location = (1.2 * torch.sigmoid(logits.double()) - 0.1).unsqueeze(-1)
+    location = ((1 + 2 * MARGIN) * torch.sigmoid(logits.double()) - MARGIN).unsqueeze(-1)
     edges = torch.cat([torch.tensor([-torch.inf]), (torch.arange(1, 256.0) - 0.5) / 255, torch.tensor([torch.inf])])
     cdf = torch.sigmoid((edges.double() - location) / 0.05)
     table = (cdf[..., 1:] - cdf[..., :-1]).clamp_min(1e-35).log()
     expected = table.gather(-1, torch.round(target * 255).long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
     got = reconstruction_log_likelihood(logits, target, "logistic", 0.05)
     assert torch.allclose(got.double(), expected, rtol=1e-5)
+
+
+def test_a_logistic_models_images_are_its_locations():
+    model = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16, **LOGISTIC, **{"loss.margin": 0.3})
+    logits = torch.logit(torch.tensor([0.0625, 0.25, 0.5, 0.99]))  # locations -0.2, 0.1, 0.5 and 1.284
+    model.decode_logits = lambda z: logits.expand(len(z), 1, 1, 4)
+    images = model.decode(torch.zeros(2, 4))
+    assert torch.allclose(images[0, 0, 0], torch.tensor([0.0, 0.1, 0.5, 1.0]), atol=1e-6)  # clamped to [0, 1]
+    # the margin reaches past black and white: a black pixel at location -0.3 costs next to nothing at sigma 0.06
+    black = reconstruction_log_likelihood(torch.full((1, 1, 1, 1), -30.0), torch.zeros(1, 1, 1, 1), "logistic", 0.06)
+    assert -float(black) / math.log(2) < 0.01
 
 
 @pytest.fixture

@@ -48,7 +48,9 @@ class IWAELoss(Loss):
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
         posterior = model.encode(batch.x)
-        log_w = importance_log_weights(model, posterior, batch.target, c.k, c.likelihood, c.sigma, batch.generator)
+        log_w = importance_log_weights(
+            model, posterior, batch.target, c.k, c.likelihood, c.sigma, batch.generator, c.margin
+        )
         bound = torch.logsumexp(log_w, dim=0) - math.log(c.k)
         return LossOutput({"iwae": -bound.mean()})
 

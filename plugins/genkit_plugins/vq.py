@@ -154,7 +154,8 @@ class VQLoss(Loss):
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
         posterior = model.encode(batch.x)
-        reconstruction = reconstruction_nll(model.decode_logits(posterior.mean), batch.target, c.likelihood, c.sigma)
+        logits = model.decode_logits(posterior.mean)
+        reconstruction = reconstruction_nll(logits, batch.target, c.likelihood, c.sigma, c.margin)
         latent, quantized = posterior.latent.float(), posterior.quantized.float()
         terms = {
             "reconstruction": reconstruction,
