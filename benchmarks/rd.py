@@ -67,7 +67,7 @@ class Entry:
 #: a VAE with a probability for every grey level, for bits-back coding (its logistic scale set per entry)
 LOSSLESS_VAE = ("vae-conv", "--latent", "16", "--set", "loss.likelihood=logistic", "--set")
 FCN = ("--encoder", "fcn", "--decoder", "fcn", "--latent", "392")
-FCN_LMBDAS = (0.008, 0.032, 0.128)
+FCN_LMBDAS = (0.016, 0.048, 0.128)
 MODELS = [
     Entry("ae-latent8", "ae-latent8", ("ae", "--latent", "8"), (0.25, 0.5, 1.0, 2.0)),
     Entry("ae-latent16", "ae-latent16", ("ae", "--latent", "16"), (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
@@ -87,7 +87,7 @@ MODELS = [
     ),
     *(
         Entry(f"vae-logistic{sigma:g}", "lossless", (*LOSSLESS_VAE, f"loss.sigma={sigma:g}"), lossless=True)
-        for sigma in (0.03, 0.06, 0.12)
+        for sigma in (0.04, 0.06, 0.09)
     ),
 ]
 
