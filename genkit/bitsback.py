@@ -16,7 +16,7 @@ pixels.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ def check_model(model: Model, name: str) -> None:
         raise ConfigError(
             f"{name} cannot compress losslessly: bits-back coding needs a VAE with a Gaussian posterior, the normal "
             "prior and the logistic likelihood; train one with genkit run vae-conv --set loss.likelihood=logistic "
-            "--set loss.sigma=0.03"
+            "--set loss.sigma=0.06"
         )
 
 
@@ -108,12 +108,13 @@ class _Tables:
 
 
 @torch.no_grad()
-def encode(model: Model, levels: Tensor) -> np.ndarray:
-    """The ANS words of ``levels`` (N, C, H, W) uint8 grey levels; images go on in reverse so that decoding
-    gives them first to last."""
+def encode(model: Model, images: Sequence[Tensor]) -> np.ndarray:
+    """The ANS words of ``images`` (each (C, H, W) in [0, 1], read as 8-bit grey levels, one at a time); they go
+    on in reverse so that decoding gives them first to last."""
     tables = _Tables(model)
     coder = tables.constriction.stream.stack.AnsCoder(_seed_words(model.config.latent))
-    for image in reversed(levels):
+    for i in reversed(range(len(images))):
+        image = levels_of(images[i])
         buckets = coder.decode(tables.categorical, tables.posterior(image))  # the bits back
         pixels = image.reshape(-1).numpy().astype(np.int32)
         coder.encode_reverse(pixels, tables.categorical, tables.pixels(buckets))
@@ -146,37 +147,39 @@ def levels_of(images: Tensor) -> Tensor:
     return torch.round(images * (LEVELS - 1)).clamp(0, LEVELS - 1).to(torch.uint8)
 
 
-def pixels_sha256(levels: Tensor) -> str:
-    return hashlib.sha256(levels.contiguous().numpy().tobytes()).hexdigest()
-
-
 @torch.no_grad()
-def elbo_bits(model: Model, images: Tensor) -> float:
-    """-ELBO of ``images`` in bits, summed (the model's own estimate of the lossless code length)."""
+def elbo_bits(model: Model, images: Sequence[Tensor]) -> float:
+    """-ELBO of ``images`` (each (C, H, W), read as 8-bit grey levels) in bits, summed: the model's own estimate
+    of the lossless code length."""
     model.eval()
     total = 0.0
     for start in range(0, len(images), 256):
-        x = images[start : start + 256].to(model.device)
+        chunk = [levels_of(images[i]) for i in range(start, min(start + 256, len(images)))]
+        x = torch.stack(chunk).to(model.device).float() / (LEVELS - 1)
         out = model.loss(x)
         total += float(out.total) * len(x)
     return total / np.log(2)
 
 
-def compress(model: Model, images: Tensor, model_sha: str) -> bytes:
-    """A lossless file's bytes for ``images`` (N, C, H, W) in [0, 1], read as 8-bit grey levels."""
+def compress(model: Model, images: Sequence[Tensor], model_sha: str) -> bytes:
+    """A lossless file's bytes for ``images``: a (N, C, H, W) tensor in [0, 1] or any sequence of (C, H, W) images
+    (such as ``ImageFiles``, which reads each file when asked: memory then holds one image), read as 8-bit grey
+    levels. The images are read twice: first to last for the checksum, then last to first to code them."""
     from genkit.compress import pack
 
-    levels = levels_of(images)
+    digest = hashlib.sha256()
+    for i in range(len(images)):
+        digest.update(levels_of(images[i]).contiguous().numpy().tobytes())
     header = {
         "mode": MODE,
         "coder": CODER,
         "model_sha256": model_sha,
         "latent_precision": PRECISION,
         "count": len(images),
-        "shape": list(images.shape[1:]),
-        "pixels_sha256": pixels_sha256(levels),
+        "shape": list(images[0].shape),
+        "pixels_sha256": digest.hexdigest(),
     }
-    return pack(header, encode(model, levels))
+    return pack(header, encode(model, images))
 
 
 def decompress(model: Model, header: dict, words: bytes, name: str) -> Iterator[Tensor]:

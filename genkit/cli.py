@@ -468,7 +468,7 @@ def compress(
     with --lossless the exact pixels by bits-back coding with ANS."""
     from genkit import compress as gkc
     from genkit.checkpoint import WEIGHTS_FILE, load_model
-    from genkit.data import iter_image_batches, load_images
+    from genkit.data import ImageFiles, iter_image_batches
     from genkit.files import atomic_write_bytes
     from genkit.metrics import psnr
 
@@ -476,7 +476,7 @@ def compress(
     if lossless:
         if step is not None:
             raise click.UsageError("--step does not apply with --lossless: the pixels are coded exactly")
-        _compress_lossless(run_dir, model, load_images(list(images), *_image_format(model)), output)
+        _compress_lossless(run_dir, model, ImageFiles(list(images), *_image_format(model)), output)
         return
     if step is not None and gkc.prior_tables(model):
         raise click.UsageError(f"--step does not apply to {run_dir}: its codes are integers under its own prior")
@@ -502,14 +502,14 @@ def _image_format(model: Any) -> tuple[int, int]:
     return model.config.image_size, model.config.image_channels
 
 
-def _compress_lossless(run_dir: str, model: Any, batch: Any, output: str) -> None:
+def _compress_lossless(run_dir: str, model: Any, images: Any, output: str) -> None:
     from genkit import bitsback
     from genkit import compress as gkc
     from genkit.checkpoint import WEIGHTS_FILE
     from genkit.files import atomic_write_bytes
 
     bitsback.check_model(model, run_dir)
-    data = bitsback.compress(model, batch, gkc.sha256(Path(run_dir) / WEIGHTS_FILE))
+    data = bitsback.compress(model, images, gkc.sha256(Path(run_dir) / WEIGHTS_FILE))
     header, words = gkc.read_header(data, output)
     try:  # decoded before it is written: decompress checks the pixels' sha256 against the header's
         for _ in bitsback.decompress(model, header, words, output):
@@ -517,11 +517,11 @@ def _compress_lossless(run_dir: str, model: Any, batch: Any, output: str) -> Non
     except DataError:
         raise DataError(f"lossless coding did not round-trip on this machine; {output} was not written") from None
     atomic_write_bytes(Path(output), data, parents=False)
-    n, pixels = len(batch), batch[0].numel() // batch.shape[1]
-    expected = bitsback.elbo_bits(model, bitsback.levels_of(batch).float() / 255) / (n * pixels)
+    n, shape = len(images), tuple(images[0].shape)
+    expected = bitsback.elbo_bits(model, images) / (n * shape[1] * shape[2])
     click.echo(
         f"{n} image(s) -> {output}: {len(data)} bytes, {len(data) / n:.1f} bytes/image, "
-        f"{gkc.bits_per_pixel(len(data), n, tuple(batch.shape[1:])):.3f} bits/pixel, lossless (decoded and checked "
+        f"{gkc.bits_per_pixel(len(data), n, shape):.3f} bits/pixel, lossless (decoded and checked "
         f"here); the model's -ELBO is {expected:.3f} bits/pixel, the header {len(data) - len(words)} bytes"
     )
 

@@ -7,7 +7,7 @@ import gzip
 import os
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -369,6 +369,22 @@ def iter_image_batches(
         raise DataError("no image files given")
     for start in range(0, len(paths), batch_size):
         yield load_images(paths[start : start + batch_size], image_size, channels)
+
+
+class ImageFiles(Sequence[Tensor]):
+    """Image files as a sequence of (C, H, W) images in [0, 1], each read (and checked as ``load_images`` does)
+    when it is asked for: memory holds one image, however many files there are."""
+
+    def __init__(self, paths: list[str] | list[Path], image_size: int, channels: int) -> None:
+        if not paths:
+            raise DataError("no image files given")
+        self.paths, self.image_size, self.channels = list(paths), image_size, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]  # no slices: one image at a time
+        return load_images([self.paths[index]], self.image_size, self.channels)[0]
 
 
 def _is_gray(img: Any) -> bool:

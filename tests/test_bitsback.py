@@ -110,7 +110,9 @@ def test_only_a_vae_with_a_grey_level_likelihood_codes_losslessly():
         assert "\n" not in str(error.value)
 
 
-def test_lossless_on_the_command_line(image_folder, tmp_path, capsys):
+def test_lossless_on_the_command_line(image_folder, tmp_path, capsys, monkeypatch):
+    import genkit.data
+
     run = tmp_path / "vae"
     args = ["--set", "loss.likelihood=logistic", "--set", "loss.sigma=0.05", "--latent", "4"]
     small = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
@@ -118,7 +120,12 @@ def test_lossless_on_the_command_line(image_folder, tmp_path, capsys):
     images = sorted(image_folder.rglob("*.png"))[:6]
     out = tmp_path / "x.gkc"
     capsys.readouterr()
+    loaded = []
+    real = genkit.data.load_images
+    monkeypatch.setattr(genkit.data, "load_images", lambda paths, *a: loaded.append(len(paths)) or real(paths, *a))
     assert main(["compress", str(run), *map(str, images), "-o", str(out), "--lossless"]) == 0
+    assert set(loaded) == {1}  # one image in memory at a time, however many files
+    monkeypatch.undo()
     printed = capsys.readouterr().out
     assert "lossless" in printed and f"{out.stat().st_size} bytes" in printed
     bpp = float(printed.split(" bits/pixel")[0].rsplit(" ", 1)[1])
