@@ -266,8 +266,10 @@ def previous_entries(path: Path, args: argparse.Namespace, replaced: set[str]) -
         point = Point(**p)
         if point.entry in runs and point.entry not in replaced:
             points.append(point)
-    commands = record.get("commands") or [record["command"]]
-    return {"commands": commands, "runs": {n: r for n, r in runs.items() if n not in replaced}, "points": points}
+    kept = {n: r for n, r in runs.items() if n not in replaced}
+    if not kept:  # every entry is made again: the earlier commands made none of the table
+        return None
+    return {"commands": record.get("commands") or [record["command"]], "runs": kept, "points": points}
 
 
 def main(argv: list[str] | None = None) -> dict:

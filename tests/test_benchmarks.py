@@ -169,6 +169,7 @@ def test_rd_keeps_the_entries_it_did_not_run_from_the_previous_results(tmp_path,
     kept = rd.previous_entries(path, args, {"vq-vae"})
     assert kept["commands"] == ["python -m benchmarks.rd"] and list(kept["runs"]) == ["ae-latent8"]
     assert [(p.method, p.entry) for p in kept["points"]] == [("genkit ae-latent8 step 0.25", "ae-latent8")]
+    assert rd.previous_entries(path, args, {"vq-vae", "ae-latent8"}) is None  # all made again: nothing to keep
     # other epochs: nothing is kept, and it says so
     assert rd.previous_entries(path, argparse.Namespace(dataset="mnist", images=2000, epochs=30), set()) is None
     assert "not merging" in capsys.readouterr().out
