@@ -224,19 +224,29 @@ def plot(record: dict, path: Path) -> None:
     from genkit.report import _pyplot, _save_figure
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     points = [Point(**p) for p in record["points"]]
     for family in dict.fromkeys(p.family for p in points):
         curve = sorted((p.bytes_per_image, p.psnr) for p in points if p.family == family and not p.lossless)
         if curve:
             style = "o-" if family.startswith("genkit") else "s--"
             ax.plot(*zip(*curve, strict=True), style, label=family, markersize=4)
+    # lossless files have no PSNR: a vertical line at their size (genkit's smallest, and each codec's)
+    lossless = [p for p in points if p.lossless and not p.family.startswith("genkit")]
+    lossless += sorted(
+        (p for p in points if p.lossless and p.family.startswith("genkit")), key=lambda p: p.bytes_per_image
+    )[:1]
+    for p, style in zip(lossless, itertools.cycle([":", "-.", "--", (0, (1, 3))]), strict=False):
+        ours = p.family.startswith("genkit")
+        label = p.method if "lossless" in p.method else f"{p.method} (lossless)"
+        ax.axvline(p.bytes_per_image, color="black" if ours else "grey", linestyle="-" if ours else style,
+                   linewidth=1.5 if ours else 1, label=label)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("bytes per image (whole files)")
     ax.set_ylabel("PSNR dB")
     ax.set_title(f"{record['dataset']}: first {record['images']} test images")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
