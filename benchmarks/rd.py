@@ -64,8 +64,12 @@ class Entry:
     lossless: bool = False  #: bits-back coding of the exact pixels instead
 
 
-#: a VAE with a probability for every grey level, for bits-back coding (its logistic scale set per entry)
-LOSSLESS_VAE = ("vae-conv", "--latent", "16", "--set", "loss.likelihood=logistic", "--set")
+def lossless_vae(name: str, sigma: float, latent: int = 16) -> Entry:
+    """A VAE with a probability for every grey level (the logistic likelihood of scale ``sigma``), for bits-back."""
+    args = ("vae-conv", "--latent", str(latent), "--set", "loss.likelihood=logistic", "--set", f"loss.sigma={sigma:g}")
+    return Entry(name, "lossless", args, lossless=True)
+
+
 FCN = ("--encoder", "fcn", "--decoder", "fcn", "--latent", "392")
 FCN_LMBDAS = (0.016, 0.048, 0.128)
 MODELS = [
@@ -85,10 +89,8 @@ MODELS = [
         )
         for lmbda in FCN_LMBDAS
     ),
-    *(
-        Entry(f"vae-logistic{sigma:g}", "lossless", (*LOSSLESS_VAE, f"loss.sigma={sigma:g}"), lossless=True)
-        for sigma in (0.04, 0.06, 0.09)
-    ),
+    *(lossless_vae(f"vae-logistic{sigma:g}", sigma) for sigma in (0.04, 0.06, 0.09, 0.12)),
+    lossless_vae("vae-logistic0.09-latent32", 0.09, latent=32),
 ]
 
 
