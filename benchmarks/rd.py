@@ -91,6 +91,7 @@ MODELS = [
     ),
     *(lossless_vae(f"vae-logistic{sigma:g}", sigma) for sigma in (0.04, 0.06, 0.09, 0.12)),
     lossless_vae("vae-logistic0.09-latent32", 0.09, latent=32),
+    lossless_vae("vae-logistic0.09-latent64", 0.09, latent=64),
 ]
 
 
