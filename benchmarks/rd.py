@@ -138,7 +138,8 @@ def codec_points(images: torch.Tensor) -> list[Point]:
 def train_run(name: str, args: list[str], dataset: str, epochs: int, device: str) -> Path:
     """The run folder of ``genkit run ARGS``, trained once (a finished run is reused)."""
     run = RUNS / f"{dataset}-{name}-{epochs}ep"
-    if not (run / "metrics.json").is_file():
+    metrics = run / "metrics.json"  # written after every epoch; "test" only once the run has finished
+    if not metrics.is_file() or "test" not in json.loads(metrics.read_text()):
         command = [sys.executable, "-m", "genkit", "run", *args, "--dataset", dataset, "--epochs", str(epochs)]
         command += ["--device", device, "--out", str(run), "--overwrite", "--quiet"]
         print("$ " + " ".join(command[2:]), flush=True)

@@ -182,3 +182,19 @@ def test_rd_benchmark_refuses_an_unknown_model(capsys):
         rd.main(["--models", "compressor-lmbda0.002,nope"])
     assert exit_info.value.code == 2
     assert "unknown --models nope: choose from ae-latent8" in capsys.readouterr().err
+
+
+def test_rd_trains_again_a_run_that_was_cut_off(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import rd
+
+    monkeypatch.setattr(rd, "RUNS", tmp_path)
+    calls = []
+    monkeypatch.setattr(rd.subprocess, "run", lambda command, check: calls.append(command))
+    run = tmp_path / "mnist-ae-10ep"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"epochs": [{"epoch": 1}]}))  # killed after an epoch
+    assert rd.train_run("ae", ["ae"], "mnist", 10, "cpu") == run and len(calls) == 1
+    (run / "metrics.json").write_text(json.dumps({"epochs": [{"epoch": 1}], "test": {"mse": 0.01}}))  # finished
+    assert rd.train_run("ae", ["ae"], "mnist", 10, "cpu") == run and len(calls) == 1
