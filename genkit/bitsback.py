@@ -43,8 +43,8 @@ def check_model(model: Model, name: str) -> None:
     if not model.posterior_has_density() or not isinstance(model.prior, StandardNormal) or likelihood != "logistic":
         raise ConfigError(
             f"{name} cannot compress losslessly: bits-back coding needs a VAE with a Gaussian posterior, the normal "
-            "prior and the logistic likelihood; train one with genkit run vae-conv --set loss.likelihood=logistic "
-            "--set loss.sigma=0.06"
+            "prior and the logistic likelihood; train one with genkit run vae-conv --latent 32 "
+            "--set loss.likelihood=logistic --set loss.sigma=0.09"
         )
 
 
