@@ -64,9 +64,12 @@ class Entry:
     lossless: bool = False  #: bits-back coding of the exact pixels instead
 
 
-def lossless_vae(name: str, sigma: float, latent: int = 16) -> Entry:
-    """A VAE with a probability for every grey level (the logistic likelihood of scale ``sigma``), for bits-back."""
+def lossless_vae(name: str, sigma: float, latent: int = 16, scale: str = "fixed") -> Entry:
+    """A VAE with a probability for every grey level (the logistic likelihood of scale ``sigma``, or with
+    ``scale="decoded"`` sigma times a scale the decoder predicts per pixel), for bits-back."""
     args = ("vae-conv", "--latent", str(latent), "--set", "loss.likelihood=logistic", "--set", f"loss.sigma={sigma:g}")
+    if scale != "fixed":
+        args += ("--set", f"loss.scale={scale}")
     return Entry(name, "lossless", args, lossless=True)
 
 
@@ -92,6 +95,9 @@ MODELS = [
     *(lossless_vae(f"vae-logistic{sigma:g}", sigma) for sigma in (0.04, 0.06, 0.09, 0.12)),
     lossless_vae("vae-logistic0.09-latent32", 0.09, latent=32),
     lossless_vae("vae-logistic0.09-latent64", 0.09, latent=64),
+    # the decoder also predicts each pixel's scale (sure of the background, unsure at the strokes' edges)
+    lossless_vae("vae-logistic-decoded-latent16", 0.09, latent=16, scale="decoded"),
+    lossless_vae("vae-logistic-decoded-latent32", 0.09, latent=32, scale="decoded"),
 ]
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from genkit.errors import ConfigError, DataError
-from genkit.losses import LEVELS, level_edges, logistic_location
+from genkit.losses import LEVELS, level_edges, logistic_parameters
 from genkit.model import Model
 
 MODE = "lossless"
@@ -39,7 +39,7 @@ def check_model(model: Model, name: str) -> None:
     prior and a loss with the ``logistic`` likelihood (a probability for every grey level)."""
     from genkit.priors import StandardNormal
 
-    likelihood = getattr(model.loss_fn.config, "likelihood", None)
+    likelihood = model.likelihood.likelihood
     if not model.posterior_has_density() or not isinstance(model.prior, StandardNormal) or likelihood != "logistic":
         raise ConfigError(
             f"{name} cannot compress losslessly: bits-back coding needs a VAE with a Gaussian posterior, the normal "
@@ -68,9 +68,10 @@ def _posterior_table(model: Model, x: Tensor, edges: Tensor) -> np.ndarray:
 def _pixel_table(model: Model, z: Tensor, edges: Tensor) -> np.ndarray:
     """p(level | z) for every pixel, shaped (pixels, 256): the ``logistic`` likelihood's masses (CDF
     differences in float64; the range coder quantises them far more coarsely than their rounding error)."""
-    config = model.loss_fn.config
-    location = logistic_location(model.decode_logits(z), config.margin).double().reshape(-1, 1)
-    cdf = torch.sigmoid((edges - location) / config.sigma)
+    location, scale = logistic_parameters(model.decode_logits(z), model.likelihood)
+    location = location.double().reshape(-1, 1)
+    scale = scale.double().reshape(-1, 1) if isinstance(scale, Tensor) else scale
+    cdf = torch.sigmoid((edges - location) / scale)
     return (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0).cpu().numpy()
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from genkit.losses import LikelihoodConfig, importance_log_weights
+from genkit.losses import importance_log_weights
 from genkit.model import Model
 
 #: the file of a run that holds what ``genkit eval`` and ``genkit compare --fid`` measured
@@ -60,15 +60,6 @@ def nll_unavailable(model: Model) -> str | None:
     return None
 
 
-def likelihood_options(model: Model) -> LikelihoodConfig:
-    """The reconstruction likelihood the model was trained with (its loss's options; Bernoulli by default)."""
-    config = model.loss_fn.config
-    if isinstance(config, LikelihoodConfig):
-        return config
-    # a plugin's own config may still name a likelihood
-    return LikelihoodConfig(**{k: getattr(config, k) for k in ("likelihood", "sigma", "margin") if hasattr(config, k)})
-
-
 @torch.no_grad()
 def log_likelihood(
     model: Model,
@@ -86,7 +77,7 @@ def log_likelihood(
     reason = nll_unavailable(model)
     if reason:
         raise ValueError(reason)
-    c = likelihood_options(model)
+    likelihood = model.likelihood
     model.eval()
     device = model.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -100,7 +91,7 @@ def log_likelihood(
         parts = []
         for done in range(0, samples, chunk):
             k = min(chunk, samples - done)
-            log_w = importance_log_weights(model, posterior, x, k, c.likelihood, c.sigma, generator, c.margin)
+            log_w = importance_log_weights(model, posterior, x, k, likelihood, generator)
             parts.append(torch.logsumexp(log_w.double(), dim=0))
         out.append(torch.logsumexp(torch.stack(parts), dim=0) - math.log(samples))
         bar.update(len(x))
@@ -122,7 +113,7 @@ def estimate_nll(
         float(nll.mean()) / (pixels * math.log(2)),
         samples,
         len(images),
-        likelihood_options(model).likelihood,
+        model.likelihood.likelihood,
     )
 
 

@@ -3,7 +3,8 @@
 Every loss here and in ``genkit_plugins.losses`` scores reconstructions with the same likelihood options
 (``LikelihoodConfig``): Bernoulli on the decoder's logits, a Gaussian of fixed ``sigma`` around
 ``sigmoid(logits)`` (squared error, as many published nets train), or a discretised logistic over the 256 grey
-levels of 8-bit images (``logistic``: a real probability mass, so -log p(x) in bits is a lossless code length).
+levels of 8-bit images (``logistic``: a real probability mass, so -log p(x) in bits is a lossless code length),
+of fixed scale ``sigma`` or (``scale=decoded``) a scale the decoder predicts for every pixel.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ if TYPE_CHECKING:
     from genkit.model import Model
 
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+#: where the ``logistic`` likelihood's scale comes from: ``sigma`` itself, or the decoder (a second output per pixel)
+SCALES = ("fixed", "decoded")
+#: a decoded scale stays within sigma * e^(+-LOG_SCALE_RANGE) (a soft bound, so its gradient never vanishes)
+LOG_SCALE_RANGE = 4.0
 #: grey levels of the ``logistic`` likelihood (8-bit images)
 LEVELS = 256
 #: how far past black and white the ``logistic`` likelihood's location reaches by default, so that pure black and
 #: white get mass near 1 (MNIST is mostly exact 0 and 255): at scale 0.06 a black pixel costs 0.01 bits, where
 #: 0.1 cost 0.24
 MARGIN = 0.3
+#: where the end bins of the ``logistic`` likelihood stop, in [0, 1] units (their mass beyond is below 1e-80)
+FAR = 1e4
 #: the smallest log-mass a grey level gets (keeps losses finite for levels far from the location)
 MIN_LOG_MASS = -80.0
 
@@ -41,6 +48,7 @@ class LikelihoodConfig(Config):
     likelihood: str = option("bernoulli", "reconstruction likelihood p(x|z)", LIKELIHOODS)
     sigma: float = option(0.1, "standard deviation of the gaussian likelihood; scale of the logistic (in [0, 1] units)")
     margin: float = option(MARGIN, "how far past black and white the logistic's location reaches (in [0, 1] units)")
+    scale: str = option("fixed", "the logistic's scale: sigma, or decoded (sigma x a second decoder output)", SCALES)
 
     positive: ClassVar[tuple[str, ...]] = ("sigma",)
 
@@ -48,23 +56,44 @@ class LikelihoodConfig(Config):
         super().validate()
         if not 0 <= self.margin <= 10:
             raise ConfigError(f"margin must be between 0 and 10, got {self.margin}")
+        if self.scale == "decoded" and self.likelihood != "logistic":
+            raise ConfigError(
+                f"scale=decoded needs the logistic likelihood, not {self.likelihood}: --set loss.likelihood=logistic"
+            )
+
+    @property
+    def outputs(self) -> int:
+        """Decoder outputs per image channel: 2 when the decoder also gives each pixel's scale."""
+        return 2 if self.scale == "decoded" else 1
+
+
+def likelihood_of(config: Config) -> LikelihoodConfig:
+    """The likelihood options in a loss's ``config``; a plugin's config may name some of them (Bernoulli by default)."""
+    if isinstance(config, LikelihoodConfig):
+        return config
+    return LikelihoodConfig(**{k: getattr(config, k) for k in LikelihoodConfig.defaults() if hasattr(config, k)})
+
+
+DEFAULT_LIKELIHOOD = LikelihoodConfig()
 
 
 def reconstruction_log_likelihood(
-    logits: Tensor, target: Tensor, likelihood: str = "bernoulli", sigma: float = 0.1, margin: float = MARGIN
+    logits: Tensor, target: Tensor, likelihood: LikelihoodConfig = DEFAULT_LIKELIHOOD
 ) -> Tensor:
     """log p(target | z) per image (summed over pixels), from the decoder's ``logits``."""
     logits, target = logits.float(), target.float()
-    if likelihood == "bernoulli":
+    sigma = likelihood.sigma
+    if likelihood.likelihood == "bernoulli":
         per_pixel = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    elif likelihood == "gaussian":
+    elif likelihood.likelihood == "gaussian":
         per_pixel = -0.5 * ((torch.sigmoid(logits) - target) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
-    elif likelihood == "logistic":
-        lo, hi = level_edges(torch.round(target * (LEVELS - 1)))
-        location = logistic_location(logits, margin)
-        per_pixel = _log_bin_mass((lo - location) / sigma, (hi - location) / sigma)
+    elif likelihood.likelihood == "logistic":
+        # the end bins reach far, not to infinity: inf / scale would give a decoded scale NaN gradients
+        lo, hi = (edge.clamp(-FAR, FAR) for edge in level_edges(torch.round(target * (LEVELS - 1))))
+        location, scale = logistic_parameters(logits, likelihood)
+        per_pixel = _log_bin_mass((lo - location) / scale, (hi - location) / scale)
     else:
-        raise ConfigError(f"unknown likelihood {likelihood!r}: use {' or '.join(LIKELIHOODS)}")
+        raise ConfigError(f"unknown likelihood {likelihood.likelihood!r}: use {' or '.join(LIKELIHOODS)}")
     return per_pixel.flatten(1).sum(1)
 
 
@@ -77,16 +106,23 @@ def _log_bin_mass(lo: Tensor, hi: Tensor) -> Tensor:
     return torch.where(lo + hi > 0, above, below).clamp_min(MIN_LOG_MASS)
 
 
-def logistic_location(logits: Tensor, margin: float = MARGIN) -> Tensor:
-    """The ``logistic`` likelihood's location: sigmoid(logits) stretched to reach ``margin`` past black and white."""
-    return (1 + 2 * margin) * torch.sigmoid(logits.float()) - margin
+def logistic_parameters(logits: Tensor, likelihood: LikelihoodConfig) -> tuple[Tensor, Tensor | float]:
+    """The ``logistic`` likelihood's location, sigmoid(logits) stretched to reach ``margin`` past black and white,
+    and its scale: ``sigma``, or with ``scale=decoded`` sigma times e^s for the decoder's second output s."""
+    logits = logits.float()
+    scale: Tensor | float = likelihood.sigma
+    if likelihood.scale == "decoded":
+        logits, s = logits.chunk(2, dim=1)
+        scale = likelihood.sigma * torch.exp(LOG_SCALE_RANGE * torch.tanh(s / LOG_SCALE_RANGE))
+    margin = likelihood.margin
+    return (1 + 2 * margin) * torch.sigmoid(logits) - margin, scale
 
 
-def likelihood_images(logits: Tensor, likelihood: str = "bernoulli", margin: float = MARGIN) -> Tensor:
+def likelihood_images(logits: Tensor, likelihood: LikelihoodConfig = DEFAULT_LIKELIHOOD) -> Tensor:
     """The images in [0, 1] that the decoder's ``logits`` stand for: sigmoid(logits), or under the ``logistic``
     likelihood its location, clamped (the sigmoid would move every grey level towards the middle)."""
-    if likelihood == "logistic":
-        return logistic_location(logits, margin).clamp(0, 1)
+    if likelihood.likelihood == "logistic":
+        return logistic_parameters(logits, likelihood)[0].clamp(0, 1)
     return torch.sigmoid(logits)
 
 
@@ -102,10 +138,8 @@ def importance_log_weights(
     posterior: Posterior,
     target: Tensor,
     k: int,
-    likelihood: str = "bernoulli",
-    sigma: float = 0.1,
+    likelihood: LikelihoodConfig = DEFAULT_LIKELIHOOD,
     generator: torch.Generator | None = None,
-    margin: float = MARGIN,
 ) -> Tensor:
     """log p(target, z_i) - log q(z_i | x) for ``k`` draws z_i from ``posterior`` = q(z|x), shaped (k, N).
 
@@ -114,16 +148,14 @@ def importance_log_weights(
     z = posterior.sample_n(k, generator)  # (k, N, D)
     flat = z.flatten(0, 1)
     targets = target.expand(k, *target.shape).flatten(0, 1)
-    log_px = reconstruction_log_likelihood(model.decode_logits(flat), targets, likelihood, sigma, margin).view(k, -1)
+    log_px = reconstruction_log_likelihood(model.decode_logits(flat), targets, likelihood).view(k, -1)
     log_pz = model.prior.log_prob(flat).float().view(k, -1)
     return log_px + log_pz - posterior.log_prob(z).float()
 
 
-def reconstruction_nll(
-    logits: Tensor, target: Tensor, likelihood: str = "bernoulli", sigma: float = 0.1, margin: float = MARGIN
-) -> Tensor:
+def reconstruction_nll(logits: Tensor, target: Tensor, likelihood: LikelihoodConfig = DEFAULT_LIKELIHOOD) -> Tensor:
     """Negative log-likelihood of the reconstruction, summed over pixels and averaged over the batch."""
-    return -reconstruction_log_likelihood(logits, target, likelihood, sigma, margin).mean()
+    return -reconstruction_log_likelihood(logits, target, likelihood).mean()
 
 
 def reconstruct(
@@ -134,7 +166,7 @@ def reconstruct(
     posterior = model.encode(batch.x)
     z = posterior.sample(batch.generator) if draw else posterior.mean
     logits = model.decode_logits(z)
-    return posterior, z, reconstruction_nll(logits, batch.target, config.likelihood, config.sigma, config.margin)
+    return posterior, z, reconstruction_nll(logits, batch.target, config)
 
 
 def ramp(progress: float | None, epochs: float) -> float:

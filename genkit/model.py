@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from genkit.config import ModelConfig
 from genkit.errors import PluginError, ShapeError
-from genkit.losses import MARGIN, likelihood_images
+from genkit.losses import LikelihoodConfig, likelihood_images, likelihood_of
 from genkit.parts import Batch, Decoder, Encoder, Loss, LossOutput, ModelOutput, Posterior, Prior
 
 PART_KINDS = ("encoder", "decoder", "prior", "loss")
@@ -123,22 +123,29 @@ class Model(nn.Module):
         self.check_input(x)
         return self.encoder(x)
 
+    @property
+    def likelihood(self) -> LikelihoodConfig:
+        """How the loss reads the decoder's logits as p(x|z) (its likelihood options; Bernoulli by default)."""
+        return likelihood_of(self.loss_fn.config)
+
     def decode_logits(self, z: Tensor) -> Tensor:
-        """The decoder's logits for ``z``, checked to have the input shape."""
+        """The decoder's logits for ``z``, checked to have the input shape (times the likelihood's outputs per
+        pixel: channels x 2 when the decoder also predicts each pixel's scale)."""
         logits = self.decoder(z)
-        if not isinstance(logits, Tensor) or tuple(logits.shape) != (z.shape[0], *self.input_shape):
+        c, h, w = self.input_shape
+        outputs = self.likelihood.outputs
+        if not isinstance(logits, Tensor) or tuple(logits.shape) != (z.shape[0], c * outputs, h, w):
             got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
+            why = "" if outputs == 1 else " (scale=decoded needs two outputs per pixel)"
             raise PluginError(
                 f"{self.plugin or self.name or type(self).__name__}: decoder returned {got}, "
-                f"expected ({z.shape[0]}, {', '.join(map(str, self.input_shape))}); fix the decoder"
+                f"expected ({z.shape[0]}, {c * outputs}, {h}, {w}){why}; fix the decoder"
             )
         return logits
 
     def decode(self, z: Tensor) -> Tensor:
         """Images in [0, 1] from latent codes (as the loss's likelihood reads the decoder's logits)."""
-        config = self.loss_fn.config
-        likelihood, margin = getattr(config, "likelihood", "bernoulli"), getattr(config, "margin", MARGIN)
-        return likelihood_images(self.decode_logits(z), likelihood, margin)
+        return likelihood_images(self.decode_logits(z), self.likelihood)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> ModelOutput:
         """Encode, draw z (the posterior mean in eval mode) and decode."""

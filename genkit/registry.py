@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
@@ -23,6 +23,7 @@ from genkit.config import ModelConfig
 from genkit.data import DatasetSource
 from genkit.errors import ConfigError, GenkitError, PluginError, UnknownPluginError
 from genkit.listing import AUTOLOAD_ENV
+from genkit.losses import likelihood_of
 from genkit.model import Model, Preset, doc_summary
 from genkit.noise import NoiseTransform
 from genkit.parts import Decoder, Encoder, Loss, Part, Prior
@@ -358,11 +359,19 @@ def _compose(
         {**preset.options.get("model", {}), **{k: v for k, v in plain.items() if k in model_fields}},
         owner=f"model {name}",
     )
-    parts = {}
-    for kind, part in names.items():
-        defaults = {k: v for k, v in preset.options.get(kind, {}).items() if k in fields[kind]}
-        shorthand = {k: v for k, v in plain.items() if k in fields[kind]}
-        parts[kind] = build_part(kind, part, {**defaults, **shorthand, **dotted.get(kind, {})}, dims)
+    options = {
+        kind: {
+            **{k: v for k, v in preset.options.get(kind, {}).items() if k in fields[kind]},
+            **{k: v for k, v in plain.items() if k in fields[kind]},
+            **dotted.get(kind, {}),
+        }
+        for kind in names
+    }
+    # the loss's likelihood sets the decoder's outputs per pixel (two when it also predicts each pixel's scale)
+    loss_config = classes["loss"].config_class.from_dict(dict(options["loss"]), owner=f"loss {names['loss']}")
+    outputs = likelihood_of(loss_config).outputs
+    sizes = {"decoder": replace(dims, image_channels=dims.image_channels * outputs)} if outputs > 1 else {}
+    parts = {kind: build_part(kind, part, options[kind], sizes.get(kind, dims)) for kind, part in names.items()}
     model = Model(dims, **parts)
     model.description = preset.description
     return model

@@ -11,16 +11,20 @@ import genkit
 from genkit import bitsback
 from genkit import compress as gkc
 from genkit.cli import main
-from genkit.losses import MARGIN, reconstruction_log_likelihood
+from genkit.losses import LOG_SCALE_RANGE, MARGIN, LikelihoodConfig, reconstruction_log_likelihood
 
 LOGISTIC = {"loss.likelihood": "logistic", "loss.sigma": 0.05}
+
+
+def logistic(sigma: float, **options) -> LikelihoodConfig:
+    return LikelihoodConfig(likelihood="logistic", sigma=sigma, **options)
 
 
 def logistic_level_log_masses(logits: torch.Tensor, sigma: float) -> torch.Tensor:
     """log P(level) of each of the 256 grey levels for one-pixel images with these ``logits``: (N, 256)."""
     pixels = logits.reshape(-1, 1, 1, 1)
     levels = [torch.full_like(pixels, level / 255) for level in range(256)]
-    return torch.stack([reconstruction_log_likelihood(pixels, t, "logistic", sigma) for t in levels], -1)
+    return torch.stack([reconstruction_log_likelihood(pixels, t, logistic(sigma)) for t in levels], -1)
 
 
 def test_the_logistic_likelihood_is_a_mass_over_the_grey_levels():
@@ -47,7 +51,7 @@ def test_the_likelihood_of_images_is_the_sum_of_their_levels_masses(tiny_images)
     cdf = torch.sigmoid((edges.double() - location) / 0.05)
     table = (cdf[..., 1:] - cdf[..., :-1]).clamp_min(1e-35).log()
     expected = table.gather(-1, torch.round(target * 255).long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
-    got = reconstruction_log_likelihood(logits, target, "logistic", 0.05)
+    got = reconstruction_log_likelihood(logits, target, logistic(0.05))
     assert torch.allclose(got.double(), expected, rtol=1e-5)
 
 
@@ -58,17 +62,73 @@ def test_a_logistic_models_images_are_its_locations():
     images = model.decode(torch.zeros(2, 4))
     assert torch.allclose(images[0, 0, 0], torch.tensor([0.0, 0.1, 0.5, 1.0]), atol=1e-6)  # clamped to [0, 1]
     # the margin reaches past black and white: a black pixel at location -0.3 costs next to nothing at sigma 0.06
-    black = reconstruction_log_likelihood(torch.full((1, 1, 1, 1), -30.0), torch.zeros(1, 1, 1, 1), "logistic", 0.06)
+    black = reconstruction_log_likelihood(torch.full((1, 1, 1, 1), -30.0), torch.zeros(1, 1, 1, 1), logistic(0.06))
     assert -float(black) / math.log(2) < 0.01
 
 
-@pytest.fixture
-def vae(tiny_images):
+def test_a_decoded_scale_is_sigma_times_the_decoders_second_output(tiny_images):
+    g = torch.Generator().manual_seed(0)
+    location_logits, s = torch.randn(2, *tiny_images.shape, generator=g)
+    target = torch.round(tiny_images * 255) / 255
+    decoded = reconstruction_log_likelihood(torch.cat([location_logits, s], 1), target, logistic(0.05, scale="decoded"))
+    fixed = reconstruction_log_likelihood(location_logits, target, logistic(0.05))
+    assert not torch.allclose(decoded, fixed)
+    # at s = 0 the scale is sigma itself; one pixel at a time, the closed form sigma * e^(R tanh(s / R))
+    zero = reconstruction_log_likelihood(
+        torch.cat([location_logits, torch.zeros_like(s)], 1), target, logistic(0.05, scale="decoded")
+    )
+    assert torch.allclose(zero, fixed, rtol=1e-6)
+    one = torch.cat([location_logits[:1, :, :1, :1], s[:1, :, :1, :1]], 1)
+    sigma = 0.05 * math.exp(LOG_SCALE_RANGE * math.tanh(float(s[0, 0, 0, 0]) / LOG_SCALE_RANGE))
+    got = reconstruction_log_likelihood(one, target[:1, :, :1, :1], logistic(0.05, scale="decoded"))
+    assert float(got) == pytest.approx(
+        float(reconstruction_log_likelihood(one[:, :1], target[:1, :, :1, :1], logistic(sigma))), rel=1e-5
+    )
+    # masses over the 256 levels still sum to one, at a tiny and a huge scale
+    for s_value in (-50.0, 50.0):
+        pixels = torch.tensor([[[[0.3]], [[s_value]]]])
+        total = sum(
+            reconstruction_log_likelihood(
+                pixels, torch.full((1, 1, 1, 1), v / 255), logistic(0.05, scale="decoded")
+            ).exp()
+            for v in range(256)
+        )
+        assert float(total) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_decoded_scale_model_has_two_decoder_outputs_per_pixel(tiny_images):
+    model = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16, **LOGISTIC, **{"loss.scale": "decoded"})
+    z = torch.zeros(3, 4)
+    assert model.decode_logits(z).shape == (3, 2, 28, 28)
+    assert model.decode(z).shape == (3, 1, 28, 28) and model.sample(2).shape == (2, 1, 28, 28)
     torch.manual_seed(0)
-    model = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16, **LOGISTIC)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(10):  # a few steps, so that q(z|x) depends on x
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = model.loss(tiny_images, generator=g).total
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    # only the logistic has a scale to decode
+    with pytest.raises(genkit.ConfigError, match="scale=decoded needs the logistic likelihood") as error:
+        genkit.get_model("vae-conv", latent=4, **{"loss.scale": "decoded"})
+    assert "\n" not in str(error.value)
+    # a decoder that gives one output per pixel is named in one line
+    model.decoder = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16).decoder
+    with pytest.raises(genkit.PluginError, match=r"expected \(3, 2, 28, 28\) \(scale=decoded needs two outputs"):
+        model.decode(z)
+
+
+@pytest.fixture(params=["fixed", "decoded"])
+def vae(tiny_images, request):
+    torch.manual_seed(0)
+    model = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16, **LOGISTIC, **{"loss.scale": request.param})
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):  # enough steps that q(z|x) depends on x and is narrower than the prior
         opt.zero_grad()
         model.loss(tiny_images, generator=g).total.backward()
         opt.step()

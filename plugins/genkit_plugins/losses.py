@@ -48,9 +48,7 @@ class IWAELoss(Loss):
     def forward(self, model: Model, batch: Batch) -> LossOutput:
         c = self.config
         posterior = model.encode(batch.x)
-        log_w = importance_log_weights(
-            model, posterior, batch.target, c.k, c.likelihood, c.sigma, batch.generator, c.margin
-        )
+        log_w = importance_log_weights(model, posterior, batch.target, c.k, c, batch.generator)
         bound = torch.logsumexp(log_w, dim=0) - math.log(c.k)
         return LossOutput({"iwae": -bound.mean()})
 
@@ -121,7 +119,7 @@ def decoder_gradient_penalty(model: Model, z: Tensor, generator: torch.Generator
     """
     code = z.detach().float().requires_grad_(True)
     with torch.enable_grad():  # also when the trainer evaluates under no_grad
-        images = torch.sigmoid(model.decode_logits(code))
+        images = model.decode(code)
         v = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         (grad,) = torch.autograd.grad((images * v).sum(), code, create_graph=model.training)
     return grad.pow(2).sum(1).mean()

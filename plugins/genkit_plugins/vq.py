@@ -155,7 +155,7 @@ class VQLoss(Loss):
         c = self.config
         posterior = model.encode(batch.x)
         logits = model.decode_logits(posterior.mean)
-        reconstruction = reconstruction_nll(logits, batch.target, c.likelihood, c.sigma, c.margin)
+        reconstruction = reconstruction_nll(logits, batch.target, c)
         latent, quantized = posterior.latent.float(), posterior.quantized.float()
         terms = {
             "reconstruction": reconstruction,
