@@ -168,16 +168,18 @@ def compress(model: Model, images: Sequence[Tensor], model_sha: str) -> bytes:
     levels. The images are read twice: first to last for the checksum, then last to first to code them."""
     from genkit.compress import pack
 
-    digest = hashlib.sha256()
+    digest, shape = hashlib.sha256(), []
     for i in range(len(images)):
-        digest.update(levels_of(images[i]).contiguous().numpy().tobytes())
+        levels = levels_of(images[i])
+        digest.update(levels.contiguous().numpy().tobytes())
+        shape = shape or list(levels.shape)
     header = {
         "mode": MODE,
         "coder": CODER,
         "model_sha256": model_sha,
         "latent_precision": PRECISION,
         "count": len(images),
-        "shape": list(images[0].shape),
+        "shape": shape,
         "pixels_sha256": digest.hexdigest(),
     }
     return pack(header, encode(model, images))

@@ -511,14 +511,17 @@ def _compress_lossless(run_dir: str, model: Any, images: Any, output: str) -> No
     bitsback.check_model(model, run_dir)
     data = bitsback.compress(model, images, gkc.sha256(Path(run_dir) / WEIGHTS_FILE))
     header, words = gkc.read_header(data, output)
+    n, shape = len(images), tuple(header["shape"])
+    elbo, chunk = 0.0, []
     try:  # decoded before it is written: decompress checks the pixels' sha256 against the header's
-        for _ in bitsback.decompress(model, header, words, output):
-            pass
+        for image in bitsback.decompress(model, header, words, output):
+            chunk.append(image[0])  # the -ELBO of the decoded pixels (the same as the files'), 256 at a time
+            if len(chunk) == 256:
+                elbo, chunk = elbo + bitsback.elbo_bits(model, chunk), []
     except DataError:
         raise DataError(f"lossless coding did not round-trip on this machine; {output} was not written") from None
     atomic_write_bytes(Path(output), data, parents=False)
-    n, shape = len(images), tuple(images[0].shape)
-    expected = bitsback.elbo_bits(model, images) / (n * shape[1] * shape[2])
+    expected = (elbo + bitsback.elbo_bits(model, chunk)) / (n * shape[1] * shape[2])
     click.echo(
         f"{n} image(s) -> {output}: {len(data)} bytes, {len(data) / n:.1f} bytes/image, "
         f"{gkc.bits_per_pixel(len(data), n, shape):.3f} bits/pixel, lossless (decoded and checked "
