@@ -58,6 +58,17 @@ def test_every_registered_decoder_conforms(name, check):
     check(name)
 
 
+@pytest.mark.parametrize("name", registry.decoders.names())
+def test_every_registered_decoder_predicts_a_scale_per_pixel(name):
+    # the likelihood asks for two outputs per pixel through dims.image_channels; no decoder knows about it
+    options = {"loss.likelihood": "logistic", "loss.scale": "decoded", "channels": 4, "hidden": 16}
+    model = genkit.get_model("vae-conv", decoder=name, latent=49, **options)
+    z = torch.randn(3, 49, generator=torch.Generator().manual_seed(0))
+    assert model.decode_logits(z).shape == (3, 2, 28, 28)
+    images = model.decode(z).detach()
+    assert images.shape == (3, 1, 28, 28) and 0 <= float(images.min()) and float(images.max()) <= 1
+
+
 #: options for the checks: a slow part made fast (diffusion's defaults fit for a minute), and room in the
 #: categorical prior for the checks' synthetic (unquantised) codes
 FAST = {
