@@ -50,6 +50,12 @@ def bench_quick(session: nox.Session) -> None:
     _bench(session, "quick", ["mnist"])
 
 
+@nox.session(name="bench-nll")
+def bench_nll(session: nox.Session) -> None:
+    """Binarised MNIST, the likelihood literature's protocol: test NLL in nats (K=1000) for the VAEs."""
+    _bench(session, "nll", ["mnist"])
+
+
 @nox.session
 def rd(session: nox.Session) -> None:
     """Rate–distortion: genkit compress against PNG, WebP, JPEG, AVIF and gzip/bz2 (MNIST and Fashion-MNIST)."""

@@ -63,6 +63,31 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["ae hidden=32"]
 
 
+def test_the_binarised_protocol_scores_the_nll_of_binary_test_images(data_dir, fid_weights, tmp_path, monkeypatch):
+    scored = []
+    real = suite.estimate_nll
+    monkeypatch.setattr(suite, "estimate_nll", lambda model, images, k: scored.append(images) or real(model, images, k))
+    protocol = suite.Protocol(
+        "tiny-binarised",
+        epochs=1,
+        train_limit=2048,
+        test_limit=32,
+        fid_samples=32,
+        ex_post=(),
+        nll_samples=4,
+        binarize=True,
+        entries=[suite.Entry("vae-conv")],
+    )
+    out = tmp_path / "mnist-cpu-tiny-binarised.json"
+    row = suite.run(protocol, torch.device("cpu"), out)["results"][0]
+    (images,) = scored
+    assert images.shape == (32, 1, 28, 28) and set(images.unique().tolist()) == {0.0, 1.0}
+    assert 0 < row["nll"]["nats"] < 784 * 0.7  # below a coin flip per pixel
+    table = out.with_suffix(".md").read_text()
+    assert "(dynamically binarised)" in table and f"| {row['nll']['nats']:.2f} ± " in table
+    assert suite.PROTOCOLS["nll"].binarize and suite.PROTOCOLS["nll"].nll_samples == 1000
+
+
 def test_rows_of_an_earlier_file_keep_the_machine_they_ran_on(tmp_path):
     out = tmp_path / "mnist-cpu.json"
     rows = [{"label": "ae"}, {"label": "vae-conv", "device_name": "AMD EPYC (x86_64)"}]
