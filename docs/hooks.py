@@ -52,16 +52,18 @@ def benchmark_protocols(root: Path) -> str:
         log.warning("cannot import benchmarks.suite for the protocol table: %s: %s", type(exc).__name__, exc)
         return ""
     rows = [
-        "| protocol | latent | epochs | batch | lr | train images | test images | FID samples | GMM components "
-        "| models |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| protocol | latent | epochs | batch | lr | train images | test images | FID samples | ex-post priors "
+        "| NLL samples | models |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in PROTOCOLS.items():
         models = "<br>".join(f"`{e.label}`" for e in p.entries)
+        priors = ", ".join(f"{e} ({p.gmm_components})" if e == "gmm" else e for e in p.ex_post) or "—"
         rows.append(
             f"| `{name}` | {p.latent} | {p.epochs} | {p.batch_size} "
-            f"| {p.lr:g} {p.lr_schedule}{warmup_text(p.lr_warmup)} | {p.train_limit or 'all'} "
-            f"| {p.test_limit or 'all'} | {p.fid_samples} | {p.gmm_components} | {models} |"
+            f"| {p.lr:g} {p.lr_schedule}{warmup_text(p.lr_warmup)} "
+            f"| {p.train_limit or 'all'}{' (binarised)' * p.binarize} | {p.test_limit or 'all'} | {p.fid_samples} "
+            f"| {priors} | {p.nll_samples or '—'} | {models} |"
         )
     return "\n".join(rows) + "\n"
 
