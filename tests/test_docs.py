@@ -415,6 +415,8 @@ def test_hook_protocol_table_lists_every_protocol():
         assert f"| {protocol.epochs} |" in row and all(f"`{e.label}`" in row for e in protocol.entries)
         assert f"| {protocol.lr:g} {protocol.lr_schedule}" in row
     assert "| 0.002 cosine, warm-up 1 epoch |" in table
+    assert "| all (binarised) | 1000 | 1000 | — | 1000 |" in table  # the nll protocol: no ex-post prior
+    assert "| gmm (10), diffusion | 100 |" in table
 
 
 def test_hook_shows_sphinx_roles_as_code():
