@@ -179,7 +179,14 @@ def test_other_project_trains_samples_scores_saves_and_reloads(installed_project
         "prior": {"name": "normal", "options": {}},
         "loss": {
             "name": "elbo",
-            "options": {"likelihood": "bernoulli", "sigma": 0.1, "margin": 0.3, "beta": 1.0, "kl_warmup": 0},
+            "options": {
+                "likelihood": "bernoulli",
+                "sigma": 0.1,
+                "margin": 0.3,
+                "scale": "fixed",
+                "beta": 1.0,
+                "kl_warmup": 0,
+            },
         },
     }
 
