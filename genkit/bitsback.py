@@ -4,7 +4,8 @@ Per image x, on constriction's ANS stack: *decode* a latent z from q(z|x) (takin
 back), encode x under p(x|z), encode z under p(z). Decoding runs the same steps backwards and leaves the stack as
 it found it, so the net cost of an image is about -ELBO(x) in bits. The latent is discretised per dimension
 into 2^PRECISION buckets of equal mass under N(0, 1), so p(z) is uniform over buckets and q(z|x) a categorical
-over them; z is the bucket's prior median. Pixels are coded under the ``logistic`` likelihood's 256-level masses.
+over them; z is the bucket's prior median. Pixels are coded under the ``logistic`` likelihood's 256-level masses
+(of a fixed scale, or the one the decoder predicts for each pixel).
 
 The stack starts from a few fixed words (the first image has nothing to take bits from); decoding checks that
 it ends on them, and a sha256 of the pixels in the header checks the whole round trip. The probabilities come
@@ -44,7 +45,7 @@ def check_model(model: Model, name: str) -> None:
         raise ConfigError(
             f"{name} cannot compress losslessly: bits-back coding needs a VAE with a Gaussian posterior, the normal "
             "prior and the logistic likelihood; train one with genkit run vae-conv --latent 32 "
-            "--set loss.likelihood=logistic --set loss.sigma=0.09"
+            "--set loss.likelihood=logistic --set loss.sigma=0.09 --set loss.scale=decoded"
         )
 
 
