@@ -17,7 +17,8 @@ pixels.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ def _pixel_table(model: Model, z: Tensor, edges: Tensor) -> np.ndarray:
     differences in float64; the range coder quantises them far more coarsely than their rounding error)."""
     location, scale = logistic_parameters(model.decode_logits(z), model.likelihood)
     location = location.double().reshape(-1, 1)
-    scale = scale.double().reshape(-1, 1) if isinstance(scale, Tensor) else scale
+    scale = torch.as_tensor(scale, dtype=torch.float64, device=location.device).reshape(-1, 1)  # or one for all
     cdf = torch.sigmoid((edges - location) / scale)
     return (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0).cpu().numpy()
 
@@ -150,13 +151,12 @@ def levels_of(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def elbo_bits(model: Model, images: Sequence[Tensor]) -> float:
-    """-ELBO of ``images`` (each (C, H, W), read as 8-bit grey levels) in bits, summed: the model's own estimate
-    of the lossless code length."""
+def elbo_bits(model: Model, images: Iterable[Tensor]) -> float:
+    """-ELBO of ``images`` (each (C, H, W), read as 8-bit grey levels, 256 at a time) in bits, summed: the model's
+    own estimate of the lossless code length."""
     model.eval()
-    total = 0.0
-    for start in range(0, len(images), 256):
-        chunk = [levels_of(images[i]) for i in range(start, min(start + 256, len(images)))]
+    total, images = 0.0, iter(images)
+    while chunk := [levels_of(image) for image in itertools.islice(images, 256)]:
         x = torch.stack(chunk).to(model.device).float() / (LEVELS - 1)
         out = model.loss(x)
         total += float(out.total) * len(x)

@@ -512,16 +512,13 @@ def _compress_lossless(run_dir: str, model: Any, images: Any, output: str) -> No
     data = bitsback.compress(model, images, gkc.sha256(Path(run_dir) / WEIGHTS_FILE))
     header, words = gkc.read_header(data, output)
     n, shape = len(images), tuple(header["shape"])
-    elbo, chunk = 0.0, []
-    try:  # decoded before it is written: decompress checks the pixels' sha256 against the header's
-        for image in bitsback.decompress(model, header, words, output):
-            chunk.append(image[0])  # the -ELBO of the decoded pixels (the same as the files'), 256 at a time
-            if len(chunk) == 256:
-                elbo, chunk = elbo + bitsback.elbo_bits(model, chunk), []
+    try:  # decoded before it is written: decompress checks the pixels' sha256 against the header's; the -ELBO
+        # is scored on the decoded pixels (the same as the files') as they come
+        elbo = bitsback.elbo_bits(model, (image[0] for image in bitsback.decompress(model, header, words, output)))
     except DataError:
         raise DataError(f"lossless coding did not round-trip on this machine; {output} was not written") from None
     atomic_write_bytes(Path(output), data, parents=False)
-    expected = (elbo + bitsback.elbo_bits(model, chunk)) / (n * shape[1] * shape[2])
+    expected = elbo / (n * shape[1] * shape[2])
     click.echo(
         f"{n} image(s) -> {output}: {len(data)} bytes, {len(data) / n:.1f} bytes/image, "
         f"{gkc.bits_per_pixel(len(data), n, shape):.3f} bits/pixel, lossless (decoded and checked "

@@ -370,8 +370,11 @@ def _compose(
     # the loss's likelihood sets the decoder's outputs per pixel (two when it also predicts each pixel's scale)
     loss_config = classes["loss"].config_class.from_dict(dict(options["loss"]), owner=f"loss {names['loss']}")
     outputs = likelihood_of(loss_config).outputs
-    sizes = {"decoder": replace(dims, image_channels=dims.image_channels * outputs)} if outputs > 1 else {}
-    parts = {kind: build_part(kind, part, options[kind], sizes.get(kind, dims)) for kind, part in names.items()}
+    decoder_dims = replace(dims, image_channels=dims.image_channels * outputs)
+    parts = {
+        kind: build_part(kind, part, options[kind], decoder_dims if kind == "decoder" else dims)
+        for kind, part in names.items()
+    }
     model = Model(dims, **parts)
     model.description = preset.description
     return model
