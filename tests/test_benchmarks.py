@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import genkit
 from benchmarks import speed, suite
 from genkit import fid
 
@@ -100,6 +101,17 @@ def test_rows_of_an_earlier_file_keep_the_machine_they_ran_on(tmp_path):
     ]
     assert suite._earlier_rows(out, {"name": "quick", **suite.LATER_FIELDS}, "cpu") == []
     assert suite._earlier_rows(out, {"name": "full", **suite.LATER_FIELDS, "nll_samples": 10}, "cpu") == []
+    # another set of ex-post priors only adds or drops columns: the rows stay
+    more = {"name": "full", **suite.LATER_FIELDS, "ex_post": ["gmm", "diffusion"]}
+    assert [r["label"] for r in suite._earlier_rows(out, more, "cpu")] == ["ae", "vae-conv"]
+
+
+def test_an_ex_post_column_reuses_the_fid_of_the_same_fitted_own_prior():
+    rae = genkit.get_model("rae", latent=4)  # its own prior: gmm, 10 components, fitted after training
+    assert suite._same_prior(rae.prior, "gmm", {"components": 10})
+    assert not suite._same_prior(rae.prior, "gmm", {"components": 5})
+    assert not suite._same_prior(rae.prior, "diffusion", {})
+    assert not suite._same_prior(genkit.get_model("vae-conv", latent=4).prior, "gmm", {"components": 10})
 
 
 def test_speed_benchmark_compares_both_loops(data_dir, tmp_path):
