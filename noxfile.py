@@ -84,3 +84,10 @@ def docs(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "-e", ".[docs,dev]")
     session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
     session.run("pytest", "tests/test_docs.py", "tests/test_external_project.py", *session.posargs)
+
+
+@nox.session(name="bench-defaults")
+def bench_defaults(session: nox.Session) -> None:
+    """Training defaults: lr and schedule candidates scored on held-out training images (never the test split)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "benchmarks.defaults", *session.posargs)

@@ -235,3 +235,21 @@ def test_rd_trains_again_a_run_that_was_cut_off(tmp_path, monkeypatch):
     assert rd.train_run("ae", ["ae"], "mnist", 10, "cpu") == run and len(calls) == 1
     (run / "metrics.json").write_text(json.dumps({"epochs": [{"epoch": 1}], "test": {"mse": 0.01}}))  # finished
     assert rd.train_run("ae", ["ae"], "mnist", 10, "cpu") == run and len(calls) == 1
+
+
+def test_defaults_benchmark_scores_every_setting_on_held_out_training_images(data_dir, tmp_path):
+    from benchmarks import defaults
+
+    args = ["--models", "ae", "--limit", "600", "--holdout", "100", "--epochs", "1", "--device", "cpu"]
+    record = defaults.main([*args, "--results", str(tmp_path)])
+    assert [r["setting"] for r in record["results"]] == list(defaults.CANDIDATES)
+    assert record["train_images"] == 500 and record["validation_images"] == 100
+    assert all(r["validation_loss"] > 0 and 0 < r["validation_mse"] < 1 for r in record["results"])
+    table = (tmp_path / "defaults-mnist-cpu.md").read_text()
+    winner = defaults.best(record, "ae")
+    assert table.count("| **") == 1 and f"| **{winner}**" in table
+    assert f"| {record['current']} (default) |" in table or f"**{record['current']}** (default)" in table
+    fit, valid = defaults.holdout(genkit.data.ImageData(torch.arange(5.0), torch.arange(5), "x", ()), 2)
+    assert fit.images.tolist() == [0, 1, 2] and valid.images.tolist() == [3, 4]
+    with pytest.raises(ValueError, match="--holdout must be between 1 and 2, got 3"):
+        defaults.holdout(fit, 3)

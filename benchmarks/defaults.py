@@ -1,0 +1,144 @@
+"""Which training defaults genkit ships: each candidate setting trains a model for ``genkit run``'s default
+epochs on the training split less its last images, and is scored on those held-out images. The test split is
+never read, so a default chosen here is not tuned on the test set.
+
+    python -m benchmarks.defaults --dataset mnist --models ae,vae-conv     # ~30 min on a 2-core CPU
+
+Results go to ``benchmarks/results/defaults-<dataset>-<device>.json`` and a markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import genkit
+from benchmarks.results_io import write_results
+from genkit.data import ImageData, load_dataset
+from genkit.train import TrainConfig, Trainer, device_name, select_device
+
+RESULTS = Path(__file__).parent / "results"
+#: the settings compared: the learning rate, its schedule and warm-up (the rest stays at the defaults)
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "lr 0.001, constant": {"lr": 1e-3, "lr_schedule": "constant", "lr_warmup": 0},
+    "lr 0.002, constant": {"lr": 2e-3, "lr_schedule": "constant", "lr_warmup": 0},
+    "lr 0.001, cosine": {"lr": 1e-3, "lr_schedule": "cosine", "lr_warmup": 0},
+    "lr 0.002, cosine, warm-up 1": {"lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 1},
+}
+
+
+def holdout(train: ImageData, n: int) -> tuple[ImageData, ImageData]:
+    """The training split less its last ``n`` images, and those ``n`` images (the validation set)."""
+    if not 0 < n < len(train):
+        raise ValueError(f"--holdout must be between 1 and {len(train) - 1}, got {n}")
+    cut = len(train) - n
+    return (
+        ImageData(train.images[:cut], train.labels[:cut], train.name, train.classes),
+        ImageData(train.images[cut:], train.labels[cut:], train.name, train.classes),
+    )
+
+
+def current_setting() -> str | None:
+    """The candidate that is TrainConfig's default today (None if the defaults match no candidate)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return next((name for name, s in CANDIDATES.items() if all(defaults[k] == v for k, v in s.items())), None)
+
+
+def run(
+    dataset: str,
+    models: list[str],
+    device: torch.device,
+    out: Path,
+    n_holdout: int = 10_000,
+    limit: int | None = None,
+    epochs: int = TrainConfig().epochs,
+) -> dict[str, Any]:
+    train, _ = load_dataset(dataset)
+    fit, valid = holdout(train.subset(limit), n_holdout)
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "train_images": len(fit),
+        "validation_images": len(valid),
+        "defaults": {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed},
+        "current": current_setting(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "genkit": genkit.__version__,
+        "results": [],
+    }
+    for name in models:
+        for setting, options in CANDIDATES.items():
+            print(f"== {name}: {setting}", flush=True)
+            torch.manual_seed(0)
+            model = genkit.get_model(name)
+            config = TrainConfig(epochs=epochs, device=str(device), progress=sys.stderr.isatty(), **options)
+            started = time.perf_counter()
+            trainer = Trainer(model, config)
+            trainer.fit(fit)
+            scores = trainer.evaluate(valid)
+            record["results"].append(
+                {
+                    "model": name,
+                    "setting": setting,
+                    "validation_loss": scores["loss"],
+                    "validation_mse": scores["mse"],
+                    "wall_seconds": time.perf_counter() - started,
+                }
+            )
+            write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
+    return record
+
+
+def best(record: dict[str, Any], model: str) -> str:
+    """The setting with the lowest validation loss for ``model``."""
+    return min((r for r in record["results"] if r["model"] == model), key=lambda r: r["validation_loss"])["setting"]
+
+
+def markdown(record: dict[str, Any]) -> str:
+    d = record["defaults"]
+    lines = [
+        f"# Training defaults on {record['dataset']} ({record['device_name']}, {record['device']})",
+        "",
+        f"Each setting trains the model's defaults for {d['epochs']} epoch{'s' * (d['epochs'] != 1)} "
+        f"(batch {d['batch_size']}, seed {d['seed']}) on the first {record['train_images']} training images and is "
+        f"scored on the last {record['validation_images']} (held out; the test split is not read). "
+        f"Loss: the model's own, per image. Today's default: {record['current'] or 'none of these'}. "
+        "**Bold**: the lowest validation loss per model.",
+        "",
+        "| model | setting | validation loss | validation MSE | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        mark = "**" if r["setting"] == best(record, r["model"]) else ""
+        default = " (default)" if r["setting"] == record["current"] else ""
+        lines.append(
+            f"| {r['model']} | {mark}{r['setting']}{mark}{default} | {r['validation_loss']:.4f} "
+            f"| {r['validation_mse']:.5f} | {r['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--models", default="ae,vae-conv", help="comma-separated registered model names")
+    parser.add_argument("--holdout", type=int, default=10_000, help="last training images held out for scoring")
+    parser.add_argument("--limit", type=int, help="use only the first N training images (tests)")
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="[default: genkit run's]")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    device = select_device(args.device)
+    out = args.results / f"defaults-{args.dataset}-{device.type}.json"
+    return run(args.dataset, args.models.split(","), device, out, args.holdout, args.limit, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
