@@ -69,11 +69,12 @@ def test_every_registered_decoder_predicts_a_scale_per_pixel(name):
     assert images.shape == (3, 1, 28, 28) and 0 <= float(images.min()) and float(images.max()) <= 1
 
 
-#: options for the checks: a slow part made fast (diffusion's defaults fit for a minute), and room in the
-#: categorical prior for the checks' synthetic (unquantised) codes
+#: options for the checks: slow parts made fast (diffusion's defaults fit for a minute), and room in the
+#: code-index priors for the checks' synthetic (unquantised) codes
 FAST = {
     "diffusion": {"train_steps": 100, "hidden": 32, "layers": 1, "sample_steps": 10},
     "categorical": {"codebook": 1024},
+    "autoregressive": {"codebook": 1024, "train_steps": 20, "width": 16, "heads": 2, "layers": 1},
 }
 
 

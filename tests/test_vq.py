@@ -1,4 +1,4 @@
-"""Vector quantisation: nearest-codebook codes with straight-through gradients, EMA updates, a categorical prior."""
+"""Vector quantisation: nearest-codebook codes with straight-through gradients, EMA updates, code-index priors."""
 
 import math
 
@@ -73,6 +73,24 @@ def test_categorical_prior_learns_per_position_frequencies():
         prior.fit(torch.randn(10, 4))
 
 
+def test_autoregressive_prior_learns_what_one_position_says_about_the_next():
+    options = {"codebook": 4, "code_dim": 2, "train_steps": 200, "lr": 3e-3, "width": 32, "heads": 2, "layers": 1}
+    prior = genkit.get_prior("autoregressive", latent=4, **options)
+    with pytest.raises(genkit.ConfigError, match="autoregressive prior is not fitted"):
+        prior.sample(2)
+    a, b, c = [0.0, 0.0], [1.0, 1.0], [2.0, -1.0]
+    # the second position follows the first: after a always c, after b always a
+    prior.fit(torch.tensor([[*a, *c]] * 3 + [[*b, *a]]).repeat(50, 1))
+    mass = prior.log_mass(torch.tensor([[*a, *c], [*b, *a], [*a, *a], [*b, *c]])).exp()
+    assert mass[:2].tolist() == pytest.approx([0.75, 0.25], abs=0.05)
+    assert mass[2:].max() < 0.02  # pairs never seen, which a per-position categorical gives 3/16 and 1/16
+    z = prior.sample(1000, torch.Generator().manual_seed(0))
+    seen = (z == torch.tensor([*a, *c])).all(1) | (z == torch.tensor([*b, *a])).all(1)
+    assert seen.float().mean() > 0.95
+    with pytest.raises(genkit.ConfigError, match="heads \\(3\\) must divide width \\(32\\)"):
+        genkit.get_prior("autoregressive", latent=4, width=32, heads=3)
+
+
 def test_a_vq_vae_trains_and_samples_from_its_fitted_prior(tiny_images):
     from genkit.data import ImageData
     from genkit.priors import fit_prior
@@ -83,9 +101,10 @@ def test_a_vq_vae_trains_and_samples_from_its_fitted_prior(tiny_images):
     trainer = Trainer(model, TrainConfig(epochs=6, batch_size=16, progress=False, device="cpu", lr=3e-3))
     history = trainer.fit(data)
     assert history[-1]["train_reconstruction"] < history[0]["train_reconstruction"]
-    fit_prior(model, "categorical", tiny_images, codebook=32)
-    samples = model.sample(5, torch.Generator().manual_seed(0))
-    assert samples.shape == (5, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
+    for prior, options in [("categorical", {}), ("autoregressive", {"train_steps": 20, "width": 16})]:
+        fit_prior(model, prior, tiny_images, codebook=32, **options)
+        samples = model.sample(5, torch.Generator().manual_seed(0))
+        assert samples.shape == (5, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
 
 
 def test_the_prior_and_encoder_must_agree_and_vq_needs_a_quantising_encoder():

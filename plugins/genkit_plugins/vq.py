@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from genkit import Batch, Config, ConfigError, Loss, LossOutput, Model, ModelConfig, Posterior, Prior, option
 from genkit.losses import LikelihoodConfig, reconstruction_nll
@@ -213,30 +214,43 @@ class CategoricalCodePrior(Prior):
 
     def _require_fitted(self) -> None:
         if not bool(self.fitted):
+            name = self.name or "categorical"
             raise ConfigError(
-                "the categorical prior is not fitted: fit it to training codes first (genkit sample RUN --prior "
-                "categorical, or genkit.priors.fit_prior(model, 'categorical', train_images))"
+                f"the {name} prior is not fitted: fit it to training codes first (genkit sample RUN --prior {name}, "
+                f"or genkit.priors.fit_prior(model, '{name}', train_images))"
             )
 
-    def fit(self, codes: Tensor) -> None:
+    def _learn_table(self, codes: Tensor) -> Tensor:
+        """Keep the distinct code vectors of ``codes`` (N, latent) as the table; their indices (N, positions)."""
         c = self.config
         vectors = codes.detach().reshape(-1, c.code_dim).float()
         table, inverse = torch.unique(vectors, dim=0, return_inverse=True)
         if len(table) > c.codebook:
             raise ConfigError(
-                f"categorical prior: the codes hold {len(table)} distinct vectors, more than codebook={c.codebook}: "
+                f"{self.label()}: the codes hold {len(table)} distinct vectors, more than codebook={c.codebook}: "
                 "fit it to quantised codes (the vq encoder's)"
             )
-        counts = torch.zeros(self.positions, c.codebook, device=vectors.device)
-        position = torch.arange(self.positions, device=vectors.device).repeat(codes.shape[0])
-        counts.index_put_((position, inverse), torch.ones_like(position, dtype=counts.dtype), accumulate=True)
         self.used.zero_()
         self.used[: len(table)] = True
-        counts = (counts[:, : len(table)] + c.smoothing).log()
         self.table.zero_()
         self.table[: len(table)] = table.to(self.table)
+        return inverse.view(-1, self.positions)
+
+    def _indices(self, z: Tensor) -> Tensor:
+        """Table index of the nearest known code vector at each position of ``z`` (..., latent): (M, positions)."""
+        flat = z.reshape(-1, self.config.code_dim).float()
+        distance = torch.cdist(flat, self.table.float()).masked_fill(~self.used[None], torch.inf)
+        return distance.argmin(1).view(-1, self.positions)
+
+    def fit(self, codes: Tensor) -> None:
+        c = self.config
+        index = self._learn_table(codes)
+        known = int(self.used.sum())
+        counts = torch.zeros(self.positions, c.codebook, device=index.device)
+        position = torch.arange(self.positions, device=index.device).expand_as(index)
+        counts.index_put_((position, index), torch.ones_like(index, dtype=counts.dtype), accumulate=True)
         self.logits.zero_()
-        self.logits[:, : len(table)] = counts.log_softmax(1)
+        self.logits[:, :known] = (counts[:, :known] + c.smoothing).log().log_softmax(1)
         self.fitted.fill_(True)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -251,7 +265,94 @@ class CategoricalCodePrior(Prior):
     def log_mass(self, z: Tensor) -> Tensor:
         """log P(code) in nats of the nearest known code to each ``z`` (..., latent): the rate of the code."""
         self._require_fitted()
-        flat = z.reshape(-1, self.config.code_dim).float()
-        distance = torch.cdist(flat, self.table.float()).masked_fill(~self.used[None], torch.inf)
-        index = distance.argmin(1).view(-1, self.positions)  # (codes, positions)
+        index = self._indices(z)
         return self.logits.gather(1, index.T).T.sum(-1).view(z.shape[:-1])
+
+
+@dataclass
+class AutoregressiveConfig(CategoricalConfig):
+    width: int = option(128, "width of the causal transformer")
+    layers: int = option(2, "transformer layers")
+    heads: int = option(4, "attention heads (must divide width)")
+    train_steps: int = option(3000, "Adam steps of fitting")
+    batch_size: int = option(256, "codes per fitting step")
+    lr: float = option(1e-3, "Adam's learning rate (cosine-decayed over the fitting)")
+    seed: int = option(0, "seed of the fitting and of the initial weights")
+
+    positive: ClassVar[tuple[str, ...]] = (*CategoricalConfig.positive, "width", "layers", "heads", "train_steps",
+                                           "batch_size", "lr")  # fmt: skip
+
+    def validate(self) -> None:
+        super().validate()
+        if self.width % self.heads:
+            raise ConfigError(f"heads ({self.heads}) must divide width ({self.width})")
+
+
+class AutoregressiveCodePrior(CategoricalCodePrior):
+    """Autoregressive prior over quantised codes, fitted after training: p(z) = prod_p p(code at p | codes < p).
+
+    A small causal transformer (as VQ-VAE's PixelCNN prior, over positions in order) predicts each position's
+    code vector from the ones before it, so samples keep the dependencies between positions that the
+    per-position ``categorical`` prior drops. Like ``categorical`` it has a probability mass, not a density.
+    """
+
+    config_class = AutoregressiveConfig
+
+    def __init__(self, config: AutoregressiveConfig | None = None, dims: ModelConfig | None = None, **options: Any):
+        if config is None:
+            config = AutoregressiveConfig.from_dict(options, owner="prior autoregressive")
+        super().__init__(config, dims)
+        c = config
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(c.seed)  # the same initial network for the same seed
+        # input at position p: the code before it (a learned start vector at p = 0) plus p's own embedding
+        self.start = nn.Parameter(torch.zeros(c.width))
+        self.embed = nn.Embedding(c.codebook, c.width)
+        self.place = nn.Parameter(torch.randn(self.positions, c.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, 4 * c.width, dropout=0.0, batch_first=True,
+                                           norm_first=True)  # fmt: skip
+        self.net = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.codebook))
+        torch.random.set_rng_state(generator_state)
+        self.requires_grad_(False)  # fitted by `fit`, never by the model's optimizer
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(self.positions))
+
+    def _logits(self, index: Tensor) -> Tensor:
+        """log p(code at p | codes < p) for every p and every table row: (N, positions, codebook)."""
+        before = torch.cat([self.start.expand(index.shape[0], 1, -1), self.embed(index[:, :-1])], dim=1)
+        h = self.net(before + self.place, mask=self.causal, is_causal=True)
+        return self.head(h).masked_fill(~self.used, -torch.inf).log_softmax(-1)
+
+    def fit(self, codes: Tensor) -> None:
+        """Learn the table of code vectors, then train the transformer on the training codes' indices."""
+        c = self.config
+        index = self._learn_table(codes.to(self.device))
+        generator = torch.Generator(device=self.device).manual_seed(c.seed)
+        self.requires_grad_(True)
+        self.train()
+        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=c.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, c.train_steps)
+        for _ in tqdm(range(c.train_steps), desc="fitting autoregressive prior", leave=False, disable=None):
+            batch = index[torch.randint(len(index), (c.batch_size,), generator=generator, device=self.device)]
+            loss = -self._logits(batch).gather(2, batch[..., None]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        self.requires_grad_(False)
+        self.eval()
+        self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        self._require_fitted()
+        index = torch.zeros(n, self.positions, dtype=torch.long, device=self.device)
+        for p in range(self.positions):  # position p depends only on the ones before it: fill them in order
+            probs = self._logits(index)[:, p].exp()
+            index[:, p] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return self.table[index].reshape(n, self.latent)
+
+    def log_mass(self, z: Tensor) -> Tensor:
+        self._require_fitted()
+        index = self._indices(z)
+        return self._logits(index).gather(2, index[..., None]).sum((1, 2)).view(z.shape[:-1])
