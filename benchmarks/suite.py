@@ -292,6 +292,10 @@ def markdown(record: dict[str, Any]) -> str:
         "unless the cell names another); NLL: importance-sampled -log p(x) per test image with its standard error "
         "(models whose encoder gives point codes have none); PSNR in dB (noisy input → model output).",
         "",
+        f"Each row is made by `python -m benchmarks.suite --protocol {p['name']} --dataset {p['dataset']} --device "
+        f'{record["device"]} --labels "MODEL"`, MODEL being the row\'s model cell; a column added after a row was '
+        "made shows — for it.",
+        "",
         "| model | test MSE | FID prior | "
         + "".join(f"FID {prior} | " for prior in ex_post)
         + (f"NLL nats (K={p['nll_samples']}) | " if nll else "")
