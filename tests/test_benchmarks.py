@@ -86,9 +86,7 @@ def test_the_binarised_protocol_scores_the_nll_of_binary_test_images(data_dir, f
     assert 0 < row["nll"]["nats"] < 784 * 0.7  # below a coin flip per pixel
     table = out.with_suffix(".md").read_text()
     assert "(dynamically binarised)" in table and f"| {row['nll']['nats']:.2f} ± " in table
-    assert (
-        '`python -m benchmarks.suite --protocol tiny-binarised --dataset mnist --device cpu --labels "MODEL"`' in table
-    )
+    assert 'suite --protocol tiny-binarised --dataset mnist --device cpu --labels "MODEL"`' in table
     assert suite.PROTOCOLS["nll"].binarize and suite.PROTOCOLS["nll"].nll_samples == 1000
 
 
