@@ -109,7 +109,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"Each setting trains the model's defaults for {d['epochs']} epoch{'s' * (d['epochs'] != 1)} "
         f"(batch {d['batch_size']}, seed {d['seed']}) on the first {record['train_images']} training images and is "
         f"scored on the last {record['validation_images']} (held out; the test split is not read). "
-        f"Loss: the model's own, per image. Today's default: {record['current'] or 'none of these'}. "
+        f"Loss: the model's own, per image. The default when measured: {record['current'] or 'none of these'}. "
         "**Bold**: the lowest validation loss per model.",
         "",
         "| model | setting | validation loss | validation MSE | wall s |",

@@ -41,8 +41,10 @@ class Entry:
     """One row of the table: a registered model, its options, and the noise it is trained with (if any)."""
 
     model: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # may set its own latent
     noise: str | None = None
+    #: False for a denoiser whose code is not meant for sampling: no FID columns (— in the table)
+    sample: bool = True
 
     @property
     def label(self) -> str:
@@ -114,6 +116,8 @@ PROTOCOLS = {
             Entry("ae", DEEPER, noise="gaussian:0.5"),
             Entry("ae", WIDER, noise="gaussian:0.5"),
             Entry("vae-conv", noise="gaussian:0.5"),
+            # a denoiser need not squeeze the image into 16 numbers: a 7x7x8 code grid, fully convolutional
+            Entry("ae", {"encoder": "fcn", "decoder": "fcn", "latent": 392}, noise="gaussian:0.5", sample=False),
         ],
     ),
     # the likelihood literature's MNIST protocol: dynamically binarised training images, the test images binarised
@@ -156,8 +160,11 @@ PROTOCOLS = {
 }
 
 
-def score(trainer: Trainer, train: ImageData, test: ImageData, protocol: Protocol, reference: tuple) -> dict[str, Any]:
-    """MSE, denoising PSNR (through the trainer's own evaluation) and FID (the model's own prior and a GMM)."""
+def score(
+    trainer: Trainer, train: ImageData, test: ImageData, protocol: Protocol, reference: tuple, sample: bool = True
+) -> dict[str, Any]:
+    """MSE, denoising PSNR (through the trainer's own evaluation) and FID (the model's own prior and the ex-post
+    ones; none unless ``sample``)."""
     model, device = trainer.model, trainer.device
     result: dict[str, Any] = {"psnr": {}, "prior": model.prior.name}
     for spec in DENOISING:
@@ -171,7 +178,7 @@ def score(trainer: Trainer, train: ImageData, test: ImageData, protocol: Protoco
         result["nll"] = None if reason else asdict(estimate_nll(model, images, protocol.nll_samples))
     result["fid"] = {}
     own = model.prior
-    for prior in ("prior", *protocol.ex_post):
+    for prior in ("prior", *protocol.ex_post) if sample else ():
         if prior != "prior":
             options = {"components": protocol.gmm_components} if prior == "gmm" else {}
             if _same_prior(own, prior, options):  # rae's own prior is this one, fitted alike: same samples
@@ -209,7 +216,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
     for entry in protocol.entries:
         print(f"== {entry.label}", flush=True)
         torch.manual_seed(protocol.seed)
-        model = genkit.get_model(entry.model, latent=protocol.latent, **entry.options)
+        model = genkit.get_model(entry.model, **{"latent": protocol.latent, **entry.options})
         config = TrainConfig(
             epochs=protocol.epochs,
             batch_size=protocol.batch_size,
@@ -237,7 +244,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             "device_name": record["device_name"],
             "wall_seconds": wall,
             "images_per_second": len(train) * len(history) / train_seconds,
-            **score(trainer, train, test, protocol, reference),
+            **score(trainer, train, test, protocol, reference, entry.sample),
         }
         print(json.dumps(row), flush=True)
         record["results"] = [r for r in record["results"] if r["label"] != row["label"]] + [row]
@@ -319,6 +326,8 @@ def markdown(record: dict[str, Any]) -> str:
 def _own_prior_fid(row: dict[str, Any]) -> str:
     """FID of samples from the row's own prior, naming it unless it is N(0, I) (rows before genkit 0.2: "normal")."""
     value = row["fid"].get("prior", row["fid"].get("normal"))
+    if value is None:
+        return "—"
     name = row.get("prior") or "normal"
     return f"{value:.1f}" + (f" ({name})" if name != "normal" else "")
 

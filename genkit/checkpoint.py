@@ -181,17 +181,23 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
             for k, v in flat(config[key], key).items()}  # fmt: skip
 
 
+#: training settings added after runs were first written, with the value such a run trained with (the defaults
+#: are now a cosine decay after a 1-epoch warm-up: a resumed older run must not switch to them)
+TRAIN_SETTINGS_BEFORE = {"lr_schedule": "constant", "lr_warmup": 0}
+
+
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 config.json read as format 2 (in memory): the noise moves from the training to the data
-    settings, and the KL warm-up from the training settings to the loss's options."""
-    if "parts" in config:
-        return config
+    """An older config.json read as today's (in memory): training settings it predates keep the values it trained
+    with, and a format-1 file's noise moves from the training to the data settings, its KL warm-up from the
+    training settings to the loss's options."""
     config = {**config}
     train = config.get("train")
     if isinstance(train, dict):
-        train = {**train}
+        config["train"] = train = {**TRAIN_SETTINGS_BEFORE, **train}
+    if "parts" in config:
+        return config
+    if isinstance(train, dict):
         noise, warmup = train.pop("noise", None), train.pop("kl_warmup", 0)
-        config["train"] = train
         if isinstance(config.get("data"), dict):
             config["data"] = {**config["data"], "noise": noise}
         if warmup:

@@ -165,9 +165,9 @@ class TrainConfig(Config):
 
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(128, "images per step (the global batch when several processes train)")
-    lr: float = option(1e-3, "Adam's learning rate")
-    lr_schedule: str = option("constant", "cosine decays the learning rate to 0 over the run", LR_SCHEDULES)
-    lr_warmup: int = option(0, "epochs over which the learning rate ramps linearly from 0 (deep nets at high lr)")
+    lr: float = option(2e-3, "Adam's learning rate")
+    lr_schedule: str = option("cosine", "cosine decays the learning rate to 0 over the run", LR_SCHEDULES)
+    lr_warmup: int = option(1, "epochs over which the learning rate ramps linearly from 0 (deep nets at high lr)")
     binarize: bool = option(
         False, "train on Bernoulli draws of the grey levels, new ones each epoch (the IWAE paper's MNIST protocol)"
     )

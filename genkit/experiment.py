@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genkit.checkpoint import model_request
+from genkit.checkpoint import TRAIN_SETTINGS_BEFORE, model_request
 from genkit.errors import CheckpointError, ConfigError
 from genkit.files import require_regular_file
 from genkit.train import TrainConfig
@@ -52,6 +52,8 @@ def read_experiment(path: str | Path) -> Experiment:
     content = _parse(path)
     if not isinstance(content, dict):
         raise ConfigError(f"{path} must hold a table of settings, found {type(content).__name__}")
+    if "genkit_version" in content and isinstance(content.get("train"), dict):  # a run's config.json: repeated
+        content["train"] = {**TRAIN_SETTINGS_BEFORE, **content["train"]}  # with the settings it trained with
     unknown = sorted(map(str, set(content) - set(SECTIONS)))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(SECTIONS[:6])})")

@@ -317,11 +317,16 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
     if distributed.is_main():
         remove_stale_temporaries(run)  # left by a process killed while saving
         save_weights(model, run / WEIGHTS_FILE)  # the checkpoint is the truth: repair lagging or damaged weights
+    extended = config["train"].get("epochs") != train.epochs
     # recorded as this release writes it (a genkit 0.1 run is upgraded), with the new number of epochs
     config = {**run_config(model), "train": train.to_dict(), "data": data, "logging": _logging(config)}
     if distributed.is_main():
         write_json(run / CONFIG_FILE, config)
-    log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}")
+    note = ""
+    if extended and train.lr_schedule == "cosine":  # only a constant rate continues as if planned from the start
+        lr = trainer.learning_rate(trainer.epoch)
+        note = f"; the cosine decay now spans {train.epochs} epochs, so the learning rate starts again at {lr:.3g}"
+    log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}{note}")
     stream = data.get("stream") is True
     train_data, test_data = _load_data(data["dataset"], data.get("data_dir"), model, data.get("limit"), stream)
     return _train_and_report(run, config, model, trainer, train_data, test_data, log)

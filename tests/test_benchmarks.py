@@ -47,10 +47,13 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     assert row["nll"] is None and "| NLL nats (K=4) |" in table  # an autoencoder has no likelihood
 
     # a later run of other rows of the same protocol adds to the file; a row run again replaces its old self
-    protocol.entries = [suite.Entry("ae", {"hidden": 32}), suite.Entry("ae")]
+    # an entry may set its own latent, and a denoiser's row may skip sampling: its FID cells are —
+    protocol.entries = [suite.Entry("ae", {"hidden": 32, "latent": 4}, sample=False), suite.Entry("ae")]
     suite.run(protocol, torch.device("cpu"), out)
     rows = json.loads(out.read_text())["results"]
-    assert [r["label"] for r in rows] == ["ae hidden=32", "ae"]
+    assert [r["label"] for r in rows] == ["ae hidden=32 latent=4", "ae"]
+    assert rows[0]["fid"] == {} and rows[0]["test_mse"] > row["test_mse"]  # 4 numbers code less than 16
+    assert f"| ae hidden=32 latent=4 | {rows[0]['test_mse']:.4f} | — | — | — |" in out.with_suffix(".md").read_text()
     assert rows[1]["test_mse"] == pytest.approx(row["test_mse"], rel=1e-6)  # the same seed, the same numbers
     # a row run on another machine of the same kind names its machine in a column of its own
     saved = json.loads(out.read_text())

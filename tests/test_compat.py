@@ -46,6 +46,9 @@ def test_a_format_1_run_resumes_and_is_then_written_in_format_2(image_folder, tm
     config = read_json(run / "config.json")
     assert config["format"] == 2 and config["data"]["noise"] == "gaussian:0.3" and config["train"]["epochs"] == 2
     assert "noise" not in config["train"] and config["parts"]["loss"]["options"]["kl_warmup"] == 2
+    # it trained at a constant rate, the only schedule there was: today's cosine default does not apply to it
+    assert config["train"]["lr"] == 0.001 and config["train"]["lr_schedule"] == "constant"
+    assert config["train"]["lr_warmup"] == 0
     resume_run(run, epochs=3, log=lambda _: None)  # and resumes again from the upgraded file
     assert read_json(run / "metrics.json")["test"]["noise"] == "gaussian:0.3"
 

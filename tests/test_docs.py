@@ -357,13 +357,16 @@ def test_make_pictures_rebuilds_the_command_line(tmp_path):
     }
     command = make_pictures.command_of(config)
     expected = "genkit run vae-conv --latent 10 --set encoder.channels=8 --set decoder.channels=8 --epochs 1"
-    assert command == expected + " --noise gaussian:0.5 --limit 200"  # a format-1 config.json (genkit 0.1)
+    # a format-1 config.json (genkit 0.1), which trained at the constant lr 0.001 of its day
+    assert command == expected + " --lr 0.001 --lr-schedule constant --lr-warmup 0 --noise gaussian:0.5 --limit 200"
     parse(shlex.split(command)[1:])
     import genkit
     from genkit.checkpoint import run_config
+    from genkit.train import TrainConfig
 
     model = genkit.get_model("vae-conv", latent=4, prior="mog", **{"loss.k": 3}, loss="iwae", **{"prior.components": 3})
-    config = {**run_config(model), "train": {"epochs": 2}, "data": {"dataset": "mnist", "noise": None}}
+    train = TrainConfig(epochs=2).to_dict()  # a run records every training setting
+    config = {**run_config(model), "train": train, "data": {"dataset": "mnist", "noise": None}}
     command = make_pictures.command_of(config)
     assert (
         command

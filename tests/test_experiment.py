@@ -38,6 +38,14 @@ def test_a_finished_runs_config_json_repeats_it(image_folder, tmp_path, capsys):
     assert {k: a[k] for k in ("model", "model_config", "parts", "train", "data")} == {
         k: b[k] for k in ("model", "model_config", "parts", "train", "data")
     }
+    # a run from before the lr schedule options trained at a constant rate: it is repeated so, not at today's default
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({**a, "train": {k: v for k, v in a["train"].items() if not k.startswith("lr_")}}))
+    assert main(["run", "--config", str(older), "--out", str(tmp_path / "older"), "--quiet"]) == 0
+    assert {k: _config(tmp_path / "older")["train"][k] for k in ("lr_schedule", "lr_warmup")} == {
+        "lr_schedule": "constant",
+        "lr_warmup": 0,
+    }
 
 
 def test_a_part_swapped_on_the_command_line_takes_its_own_defaults(image_folder, tmp_path, capsys):

@@ -36,8 +36,9 @@ def test_loss_falls_on_real_mnist(data_dir):
     train, test = load_dataset("mnist", data_dir)
     torch.manual_seed(0)
     model = genkit.get_model("vae-conv", latent=10, channels=16)
-    trainer = Trainer(model, TrainConfig(epochs=2, batch_size=32, lr=2e-3, **QUIET))
-    history = trainer.fit(train.subset(5000), test.subset(500))
+    # a constant rate: the default 1-epoch warm-up and cosine decay would take up the whole of a 2-epoch run
+    config = TrainConfig(epochs=2, batch_size=32, lr=2e-3, lr_schedule="constant", lr_warmup=0, **QUIET)
+    history = Trainer(model, config).fit(train.subset(5000), test.subset(500))
     assert history[1]["test_loss"] < history[0]["test_loss"]
     # predicting the mean image gives a test MSE of about 0.067; a learning model goes well below
     assert history[1]["test_mse"] < 0.05
@@ -71,12 +72,12 @@ def learning_rates_seen(trainer: Trainer, data) -> list[float]:
 
 def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
     model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
-    trainer = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="cosine", **QUIET))
+    trainer = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_warmup=0, **QUIET))  # cosine: the default
     assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 4, 5)] == [0.01, 0.008536, 0.005, 0, 0]
     seen = learning_rates_seen(trainer, data_of(tiny_images))
     assert len(seen) == 4 * 4 and seen[0] == 0.01  # 64 images in batches of 16, 4 epochs
     assert all(a > b for a, b in itertools.pairwise(seen)) and seen[-1] == pytest.approx(0.01 * (1 - 0.9904), abs=1e-5)
-    constant = Trainer(model, TrainConfig(lr=0.01, **QUIET))
+    constant = Trainer(model, TrainConfig(lr=0.01, lr_schedule="constant", lr_warmup=0, **QUIET))
     assert constant.learning_rate(0) == constant.learning_rate(7) == 0.01
     with pytest.raises(genkit.ConfigError, match="lr_schedule must be one of constant, cosine, got 'linear'"):
         TrainConfig(lr_schedule="linear")
@@ -87,7 +88,8 @@ def test_lr_warmup_ramps_up_before_the_schedule(tiny_images):
     cosine = TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="cosine", lr_warmup=2, **QUIET)
     trainer = Trainer(model, cosine)
     assert [round(trainer.learning_rate(p), 6) for p in (0, 1, 2, 3, 4)] == [0, 0.004268, 0.005, 0.001464, 0]
-    constant = Trainer(model, TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_warmup=2, **QUIET))
+    config = TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="constant", lr_warmup=2, **QUIET)
+    constant = Trainer(model, config)
     seen = learning_rates_seen(constant, data_of(tiny_images))
     # 4 steps an epoch: up in equal steps from 0 over the first 2 epochs, then flat
     assert seen == pytest.approx([0.01 * i / 8 for i in range(8)] + [0.01] * 8)
@@ -126,11 +128,13 @@ def test_denoising_training_uses_noisy_inputs_and_clean_targets(tiny_images):
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_path):
+    # a run stopped early and extended matches one planned that long only at a constant rate (see the next test)
     options = {"latent": 3, "channels": 4, "hidden": 16}
+    constant = {"lr_schedule": "constant", "lr_warmup": 0}
     full = start_run(
         "vae-conv",
         options,
-        TrainConfig(epochs=3, batch_size=16, **QUIET),
+        TrainConfig(epochs=3, batch_size=16, **constant, **QUIET),
         str(image_folder),
         out=tmp_path / "full",
         log=lambda _: None,
@@ -138,7 +142,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_
     part = start_run(
         "vae-conv",
         options,
-        TrainConfig(epochs=1, batch_size=16, **QUIET),
+        TrainConfig(epochs=1, batch_size=16, **constant, **QUIET),
         str(image_folder),
         out=tmp_path / "part",
         log=lambda _: None,
@@ -150,6 +154,19 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     history = json.loads((part / "metrics.json").read_text())["epochs"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_extending_a_cosine_run_says_that_its_learning_rate_rises_again(image_folder, tmp_path):
+    options = {"latent": 3, "channels": 4, "hidden": 16}
+    config = TrainConfig(epochs=1, batch_size=32, **QUIET)
+    run = start_run("ae", options, config, str(image_folder), out=tmp_path / "r", log=lambda _: None)
+    said = []
+    resume_run(run, epochs=2, log=said.append)
+    # the default lr 0.002 halfway through the cosine decay of the 2 epochs it now spans (the warm-up is over)
+    assert said[0] == (
+        f"resuming {run} after epoch 1 of 2; the cosine decay now spans 2 epochs, so the learning rate starts again "
+        "at 0.001"
+    )
 
 
 NAN_PLUGIN = """
@@ -289,11 +306,12 @@ def test_streamed_folder_trains_and_resumes_like_an_uninterrupted_run(image_fold
     torch.testing.assert_close(train.head(len(train)), in_memory.images)  # same split, same pixels
 
     options = {"latent": 3, "channels": 4, "hidden": 16}
-    config = TrainConfig(epochs=4, batch_size=16, lr=3e-3, workers=0, **QUIET)
+    constant = {"lr_schedule": "constant", "lr_warmup": 0}  # an extended run matches a planned one only so
+    config = TrainConfig(epochs=4, batch_size=16, lr=3e-3, workers=0, **constant, **QUIET)
     full = start_run("vae-conv", options, config, str(image_folder), out=tmp_path / "full", stream=True, log=print)
     history = json.loads((full / "metrics.json").read_text())["epochs"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    short = TrainConfig(epochs=2, batch_size=16, lr=3e-3, workers=0, **QUIET)
+    short = TrainConfig(epochs=2, batch_size=16, lr=3e-3, workers=0, **constant, **QUIET)
     part = start_run("vae-conv", options, short, str(image_folder), out=tmp_path / "part", stream=True, log=print)
     assert json.loads((part / "config.json").read_text())["data"]["stream"] is True
     resume_run(part, epochs=4, log=lambda _: None)
@@ -354,7 +372,7 @@ def test_per_step_callbacks_see_every_step_with_its_terms_and_lr(tiny_images):
 
     torch.manual_seed(0)
     model = genkit.get_model("vae-conv", latent=2, channels=4, hidden=16)
-    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, lr_schedule="cosine", progress=False)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, lr_schedule="cosine", lr_warmup=0, progress=False)
     steps = Steps()
     Trainer(model, config, callbacks=[steps]).fit(ImageData(tiny_images, torch.zeros(64, dtype=torch.long)))
     assert [s.global_step for s in steps.seen] == list(range(1, 9))  # 64 images / 16 per batch, two epochs
