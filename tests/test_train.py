@@ -15,6 +15,8 @@ from genkit.train import TrainConfig, Trainer, device_name
 from tests.conftest import write_distribution
 
 QUIET = {"progress": False}
+#: the rate a run extended by --resume needs to match one planned that long (the default decays over the plan)
+CONSTANT_RATE = {"lr_schedule": "constant", "lr_warmup": 0}
 
 
 def data_of(images):
@@ -37,7 +39,7 @@ def test_loss_falls_on_real_mnist(data_dir):
     torch.manual_seed(0)
     model = genkit.get_model("vae-conv", latent=10, channels=16)
     # a constant rate: the default 1-epoch warm-up and cosine decay would take up the whole of a 2-epoch run
-    config = TrainConfig(epochs=2, batch_size=32, lr=2e-3, lr_schedule="constant", lr_warmup=0, **QUIET)
+    config = TrainConfig(epochs=2, batch_size=32, lr=2e-3, **CONSTANT_RATE, **QUIET)
     history = Trainer(model, config).fit(train.subset(5000), test.subset(500))
     assert history[1]["test_loss"] < history[0]["test_loss"]
     # predicting the mean image gives a test MSE of about 0.067; a learning model goes well below
@@ -77,7 +79,7 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step(tiny_images):
     seen = learning_rates_seen(trainer, data_of(tiny_images))
     assert len(seen) == 4 * 4 and seen[0] == 0.01  # 64 images in batches of 16, 4 epochs
     assert all(a > b for a, b in itertools.pairwise(seen)) and seen[-1] == pytest.approx(0.01 * (1 - 0.9904), abs=1e-5)
-    constant = Trainer(model, TrainConfig(lr=0.01, lr_schedule="constant", lr_warmup=0, **QUIET))
+    constant = Trainer(model, TrainConfig(lr=0.01, **CONSTANT_RATE, **QUIET))
     assert constant.learning_rate(0) == constant.learning_rate(7) == 0.01
     with pytest.raises(genkit.ConfigError, match="lr_schedule must be one of constant, cosine, got 'linear'"):
         TrainConfig(lr_schedule="linear")
@@ -130,11 +132,10 @@ def test_denoising_training_uses_noisy_inputs_and_clean_targets(tiny_images):
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_path):
     # a run stopped early and extended matches one planned that long only at a constant rate (see the next test)
     options = {"latent": 3, "channels": 4, "hidden": 16}
-    constant = {"lr_schedule": "constant", "lr_warmup": 0}
     full = start_run(
         "vae-conv",
         options,
-        TrainConfig(epochs=3, batch_size=16, **constant, **QUIET),
+        TrainConfig(epochs=3, batch_size=16, **CONSTANT_RATE, **QUIET),
         str(image_folder),
         out=tmp_path / "full",
         log=lambda _: None,
@@ -142,7 +143,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_
     part = start_run(
         "vae-conv",
         options,
-        TrainConfig(epochs=1, batch_size=16, **constant, **QUIET),
+        TrainConfig(epochs=1, batch_size=16, **CONSTANT_RATE, **QUIET),
         str(image_folder),
         out=tmp_path / "part",
         log=lambda _: None,
@@ -306,12 +307,11 @@ def test_streamed_folder_trains_and_resumes_like_an_uninterrupted_run(image_fold
     torch.testing.assert_close(train.head(len(train)), in_memory.images)  # same split, same pixels
 
     options = {"latent": 3, "channels": 4, "hidden": 16}
-    constant = {"lr_schedule": "constant", "lr_warmup": 0}  # an extended run matches a planned one only so
-    config = TrainConfig(epochs=4, batch_size=16, lr=3e-3, workers=0, **constant, **QUIET)
+    config = TrainConfig(epochs=4, batch_size=16, lr=3e-3, workers=0, **CONSTANT_RATE, **QUIET)
     full = start_run("vae-conv", options, config, str(image_folder), out=tmp_path / "full", stream=True, log=print)
     history = json.loads((full / "metrics.json").read_text())["epochs"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    short = TrainConfig(epochs=2, batch_size=16, lr=3e-3, workers=0, **constant, **QUIET)
+    short = TrainConfig(epochs=2, batch_size=16, lr=3e-3, workers=0, **CONSTANT_RATE, **QUIET)
     part = start_run("vae-conv", options, short, str(image_folder), out=tmp_path / "part", stream=True, log=print)
     assert json.loads((part / "config.json").read_text())["data"]["stream"] is True
     resume_run(part, epochs=4, log=lambda _: None)
