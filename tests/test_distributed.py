@@ -17,8 +17,9 @@ from tests.fault_helpers import interruptible
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 # The deterministic autoencoder: with no sampling noise, 2 processes must reproduce 1 process up to rounding.
-MODEL = ["ae", "--latent", "4", "--set", "channels=4", "--set", "hidden=16", "--batch-size", "16", "--quiet"]
-MODEL += ["--lr-schedule", "constant", "--lr-warmup", "0"]  # a run extended by --resume matches a planned one only so
+# A run extended by --resume matches a planned one only at a constant rate. MODEL[:-3] drops the batch size and --quiet.
+MODEL = ["ae", "--latent", "4", "--set", "channels=4", "--set", "hidden=16", "--lr-schedule", "constant"]
+MODEL += ["--lr-warmup", "0", "--batch-size", "16", "--quiet"]
 # Float sums are reduced in another order across processes than within one: allow rounding-level drift.
 ATOL = 1e-4
 
