@@ -91,3 +91,10 @@ def bench_defaults(session: nox.Session) -> None:
     """Training defaults: lr and schedule candidates scored on held-out training images (never the test split)."""
     session.install(*CONSTRAINTS, "-e", ".")
     session.run("python", "-m", "benchmarks.defaults", *session.posargs)
+
+
+@nox.session(name="bench-denoiser")
+def bench_denoiser(session: nox.Session) -> None:
+    """Denoisers: autoencoder architectures scored by PSNR on noisy held-out training images (never the test split)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "benchmarks.denoiser", *session.posargs)

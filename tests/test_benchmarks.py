@@ -258,3 +258,18 @@ def test_defaults_benchmark_scores_every_setting_on_held_out_training_images(dat
     assert fit.images.tolist() == [0, 1, 2] and valid.images.tolist() == [3, 4]
     with pytest.raises(ValueError, match="--holdout must be between 1 and 2, got 3"):
         defaults.holdout(fit, 3)
+
+
+def test_denoiser_benchmark_scores_every_candidate_on_noisy_held_out_training_images(data_dir, tmp_path):
+    from benchmarks import denoiser
+
+    args = ["--limit", "300", "--holdout", "100", "--epochs", "1", "--device", "cpu", "--results", str(tmp_path)]
+    record = denoiser.main(args)
+    assert [r["candidate"] for r in record["results"]] == list(denoiser.CANDIDATES)
+    assert record["train_images"] == 200 and record["validation_images"] == 100
+    assert all(r["psnr_noisy"] == pytest.approx(9.4, abs=0.2) and r["psnr_denoised"] > 0 for r in record["results"])
+    table = (tmp_path / "denoiser-mnist-cpu.md").read_text()
+    assert table.count("| **") == 1 and f"| **{denoiser.best(record)}** |" in table
+    assert "python -m benchmarks.denoiser --dataset mnist --noise gaussian:0.5 --device cpu" in table
+    with pytest.raises(SystemExit):
+        denoiser.main(["--candidates", "fcn 3x3", "--results", str(tmp_path)])

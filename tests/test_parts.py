@@ -375,3 +375,16 @@ def test_fcn_codes_are_a_grid_of_local_codes():
     assert moved[:, :, 0, 0].all() and not moved[:, :, 4:, 4:].any()
     with pytest.raises(genkit.ConfigError, match=r"latent must be a multiple of 49, got 50: e\.g\. --latent 392"):
         genkit.get_encoder("fcn", genkit.ModelConfig(latent=50))
+
+
+@pytest.mark.parametrize("net", ["conv", "fcn"])
+@pytest.mark.parametrize(("stages", "size", "side"), [(1, 28, 14), (2, 28, 7), (3, 32, 4)])
+def test_stages_set_how_often_the_nets_halve_the_image(net, stages, size, side):
+    dims = genkit.ModelConfig(latent=side * side, image_size=size)
+    options = {"channels": 4, "stages": stages, **({"hidden": 8} if net == "conv" else {})}
+    encoder = genkit.get_encoder(net, dims, **options, head="deterministic")
+    decoder = genkit.get_decoder(net, dims, **options)
+    halvings = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(halvings) == stages
+    codes = encoder(torch.rand(3, 1, size, size)).mean
+    assert codes.shape == (3, side * side) and decoder(codes).shape == (3, 1, size, size)

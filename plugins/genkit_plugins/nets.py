@@ -99,8 +99,9 @@ def _down(config: FCNConfig, dims: ModelConfig) -> tuple[list[nn.Module], int]:
     deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
     for _ in range(stages - 2):
         deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
+    second = nn.Conv2d(c, 2 * c, 4, 2, 1) if stages > 1 else nn.Conv2d(c, 2 * c, 3, 1, 1)  # 1 stage: keep the size
     layers = [nn.Conv2d(dims.image_channels, c, 4, 2, 1), nn.ReLU(), *_refine(c, config.blocks)]
-    layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks), *deeper]
+    layers += [second, nn.ReLU(), *_refine(2 * c, config.blocks), *deeper]
     return layers, side
 
 
@@ -110,7 +111,8 @@ def _up(config: FCNConfig, dims: ModelConfig) -> list[nn.Module]:
     layers = _refine(2 * c, config.blocks)
     for _ in range(stages - 2):
         layers += [nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
-    layers += [nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(), *_refine(c, config.blocks)]
+    second = nn.ConvTranspose2d(2 * c, c, 4, 2, 1) if stages > 1 else nn.Conv2d(2 * c, c, 3, 1, 1)
+    layers += [second, nn.ReLU(), *_refine(c, config.blocks)]
     return [*layers, nn.ConvTranspose2d(c, dims.image_channels, 4, 2, 1)]
 
 
