@@ -174,7 +174,7 @@ def save_denoising(
     trained_on: str | None = None,
 ) -> None:
     """Clean, noisy and denoised rows; the title says whether the model was trained as a denoiser (``trained_on``
-    names its training noise): one that was not reconstructs the noise too, which is no bug."""
+    names its training noise): one that was not has never seen such inputs, and its outputs show it (no bug)."""
     x = images[:n].to(model.device)
     noisy = noise(x, torch.Generator(device=model.device).manual_seed(seed))
     if trained_on:
@@ -182,7 +182,7 @@ def save_denoising(
     else:
         title = (
             f"{model.name} was not trained as a denoiser (genkit run --noise SPEC trains one): "
-            f"it reconstructs the {noise.spec} noise too"
+            f"its outputs for {noise.spec} noise are not denoised images"
         )
     labels = ["clean", f"noisy ({noise.spec})", "model output"]
     _labelled_rows(path, [x, noisy, model.reconstruct(noisy)], labels, title)
