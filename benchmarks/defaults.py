@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import write_results
+from benchmarks.results_io import provenance, write_results
 from genkit.data import ImageData, load_dataset
-from genkit.train import TrainConfig, Trainer, device_name, select_device
+from genkit.train import TrainConfig, Trainer, select_device
 
 RESULTS = Path(__file__).parent / "results"
 #: the settings compared: the learning rate, its schedule and warm-up (the rest stays at the defaults)
@@ -67,10 +67,7 @@ def run(
         "validation_images": len(valid),
         "defaults": {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed},
         "current": current_setting(),
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "genkit": genkit.__version__,
+        **provenance(device),
         "results": [],
     }
     for name in models:

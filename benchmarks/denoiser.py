@@ -19,9 +19,9 @@ import torch
 
 import genkit
 from benchmarks.defaults import holdout
-from benchmarks.results_io import write_results
+from benchmarks.results_io import provenance, write_results
 from genkit.data import load_dataset
-from genkit.train import TrainConfig, Trainer, device_name, select_device
+from genkit.train import TrainConfig, Trainer, select_device
 
 RESULTS = Path(__file__).parent / "results"
 FCN = {"encoder": "fcn", "decoder": "fcn"}
@@ -54,10 +54,7 @@ def run(
         "train_images": len(fit),
         "validation_images": len(valid),
         "training": {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed},
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "genkit": genkit.__version__,
+        **provenance(device),
         "results": [],
     }
     for name in candidates:

@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import genkit
-from benchmarks.results_io import write_results
+from benchmarks.results_io import provenance, write_results
 from genkit import bitsback
 from genkit import compress as gkc
 from genkit.checkpoint import WEIGHTS_FILE, load_model
 from genkit.data import load_dataset
 from genkit.metrics import psnr
-from genkit.train import device_name, select_device
+from genkit.train import select_device
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"
@@ -333,9 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images": len(images),
         "epochs": args.epochs,
         "pixels": images[0, 0].numel(),
-        "device": str(device),
-        "device_name": device_name(device),
-        "genkit": genkit.__version__,
+        **provenance(device),
         "commands": commands,
         "runs": runs,
         "points": [asdict(p) for p in points],

@@ -6,6 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import genkit
+from genkit.train import device_name
+
 
 def write_results(path: Path, record: dict[str, Any], table: str) -> None:
     """Write ``record`` to ``path`` (JSON) and ``table`` to the same name with ``.md``; print the table."""
@@ -13,3 +18,10 @@ def write_results(path: Path, record: dict[str, Any], table: str) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
     path.with_suffix(".md").write_text(table)
     print(table)
+
+
+def provenance(device: torch.device | str) -> dict[str, str]:
+    """What a record's numbers were measured on and with: the device, its name, torch's and genkit's versions."""
+    device = torch.device(device)
+    return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+            "genkit": genkit.__version__}  # fmt: skip

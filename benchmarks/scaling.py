@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.results_io import write_results
-from genkit.train import device_name
+from benchmarks.results_io import provenance, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [measure(n, args, Path(tmp) / f"n{n}") for n in (1, args.nproc)]
     single, multi = rows[0]["images_per_second"], rows[1]["images_per_second"]
     record = {
-        "device": args.device,
-        "device_name": device_name(torch.device(args.device)),
+        **provenance(args.device),
         "cpu_count": os.cpu_count(),
         "gpus": gpus,
         "settings": {k: v for k, v in vars(args).items() if k != "results"},

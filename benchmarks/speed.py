@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import write_results
+from benchmarks.results_io import provenance, write_results
 from genkit.data import data_root, load_dataset
-from genkit.train import TrainConfig, Trainer, device_name, select_device
+from genkit.train import TrainConfig, Trainer, select_device
 
 RESULTS = Path(__file__).parent / "results"
 #: relative difference in test loss after equal steps that still counts as "the same training"
@@ -208,10 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     loss_diff = abs(fast["test_loss"] - plain["test_loss"]) / plain["test_loss"]
     record = {
-        "device": str(device),
-        "device_name": device_name(device),
+        **provenance(device),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "model": "vae-conv",
         "settings": {k: v for k, v in vars(args).items() if k != "results"},
         "plain_dataloader": plain,

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import write_results
+from benchmarks.results_io import provenance, write_results
 from genkit import fid
 from genkit.data import ImageData, binarize, load_dataset
 from genkit.evaluate import estimate_nll, nll_unavailable
 from genkit.priors import fit_prior
 from genkit.report import draw_samples
-from genkit.train import TrainConfig, Trainer, device_name
+from genkit.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
 DENOISING = ("gaussian:0.3", "gaussian:0.5", "gaussian:0.7", "salt-pepper:0.1", "salt-pepper:0.3", "masking:0.5")
@@ -211,10 +211,7 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
         "protocol": settings,
         "fid_protocol": fid.protocol()
         | {"samples": protocol.fid_samples, "reference": f"{key} (first {n_ref} test images)"},
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "genkit": genkit.__version__,
+        **provenance(device),
         "results": _earlier_rows(out, settings, str(device)),
     }
     for entry in protocol.entries:
