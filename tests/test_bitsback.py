@@ -128,7 +128,7 @@ def vae(tiny_images, request):
     model = genkit.get_model("vae-conv", latent=4, channels=4, hidden=16, **LOGISTIC, **{"loss.scale": request.param})
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(40):  # a few steps: a crude model whose posteriors sit far out in the prior's tail
+    for _ in range(40):  # a few steps: a crude model, its posteriors wider than the prior
         opt.zero_grad()
         model.loss(tiny_images, generator=g).total.backward()
         opt.step()
@@ -144,11 +144,10 @@ def test_bits_back_round_trips_exactly_at_about_the_elbo(vae, tiny_images):
     coded = 8 * len(words) - 32 * len(bitsback._seed_words(4))  # the starting words stay on the stack
     torch.manual_seed(0)  # -ELBO is a one-draw estimate: average eight, so the reference is not the noisy part
     elbo = np.mean([bitsback.elbo_bits(vae, levels.float() / 255) for _ in range(8)])
-    # Bits-back's net cost is -ELBO up to two effects: the latent buckets (equal prior mass, so coarse in the
-    # prior's tail) and the bits each latent is drawn from (the previous image's latent, random only as far
-    # as the posteriors match the prior). This crude model is far out in the tail on both counts (fixed: 4%
-    # under -ELBO); benchmarks/rd.py's MNIST model codes 1.41 bits/pixel against a test-set -ELBO of 1.45.
-    assert abs(coded - elbo) < 0.06 * elbo
+    # Bits-back's net cost is -ELBO up to the latent buckets (equal prior mass, so coarse in the prior's tail)
+    # and the bits each latent is drawn from (the previous image's latent: random only as far as the posteriors
+    # match the prior). This crude model is off on both counts: 1.4% under -ELBO with the fixed scale.
+    assert abs(coded - elbo) < 0.03 * elbo, (coded, elbo)
 
 
 def test_a_damaged_lossless_file_is_refused(vae, tiny_images):

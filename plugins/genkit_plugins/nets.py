@@ -99,8 +99,9 @@ def _down(config: FCNConfig, dims: ModelConfig) -> tuple[list[nn.Module], int]:
     deeper: list[nn.Module] = []  # after the first two stages, so that 2-stage nets keep their layer names
     for _ in range(stages - 2):
         deeper += [nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), *_refine(2 * c, config.blocks)]
-    second = nn.Conv2d(c, 2 * c, 4, 2, 1) if stages > 1 else nn.Conv2d(c, 2 * c, 3, 1, 1)  # 1 stage: keep the size
+    # the first convolution is built before the second: a seed gives the initial weights it always gave
     layers = [nn.Conv2d(dims.image_channels, c, 4, 2, 1), nn.ReLU(), *_refine(c, config.blocks)]
+    second = nn.Conv2d(c, 2 * c, 4, 2, 1) if stages > 1 else nn.Conv2d(c, 2 * c, 3, 1, 1)  # 1 stage: keep the size
     layers += [second, nn.ReLU(), *_refine(2 * c, config.blocks), *deeper]
     return layers, side
 
