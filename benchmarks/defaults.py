@@ -10,20 +10,17 @@ Results go to ``benchmarks/results/defaults-<dataset>-<device>.json`` and a mark
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import genkit
+from benchmarks import heldout
 from benchmarks.results_io import provenance, write_results
-from genkit.data import ImageData, load_dataset
-from genkit.train import TrainConfig, Trainer, select_device
+from genkit.data import ImageData
+from genkit.train import TrainConfig, select_device
 
-RESULTS = Path(__file__).parent / "results"
 #: the settings compared: the learning rate, its schedule and warm-up (the rest stays at the defaults)
 CANDIDATES: dict[str, dict[str, Any]] = {
     "lr 0.001, constant": {"lr": 1e-3, "lr_schedule": "constant", "lr_warmup": 0},
@@ -33,17 +30,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def holdout(train: ImageData, n: int) -> tuple[ImageData, ImageData]:
-    """The training split less its last ``n`` images, and those ``n`` images (the validation set)."""
-    if not 0 < n < len(train):
-        raise ValueError(f"--holdout must be between 1 and {len(train) - 1}, got {n}")
-    cut = len(train) - n
-    return (
-        ImageData(train.images[:cut], train.labels[:cut], train.name, train.classes),
-        ImageData(train.images[cut:], train.labels[cut:], train.name, train.classes),
-    )
-
-
 def current_setting() -> str | None:
     """The candidate that is TrainConfig's default today (None if the defaults match no candidate)."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
@@ -51,21 +37,13 @@ def current_setting() -> str | None:
 
 
 def run(
-    dataset: str,
-    models: list[str],
-    device: torch.device,
-    out: Path,
-    n_holdout: int = 10_000,
-    limit: int | None = None,
-    epochs: int = TrainConfig().epochs,
+    dataset: str, fit: ImageData, valid: ImageData, models: list[str], device: torch.device, out: Path, epochs: int
 ) -> dict[str, Any]:
-    train, _ = load_dataset(dataset)
-    fit, valid = holdout(train.subset(limit), n_holdout)
     record: dict[str, Any] = {
         "dataset": dataset,
         "train_images": len(fit),
         "validation_images": len(valid),
-        "defaults": {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed},
+        "defaults": heldout.settings(epochs),
         "current": current_setting(),
         **provenance(device),
         "results": [],
@@ -73,20 +51,14 @@ def run(
     for name in models:
         for setting, options in CANDIDATES.items():
             print(f"== {name}: {setting}", flush=True)
-            torch.manual_seed(0)
-            model = genkit.get_model(name)
-            config = TrainConfig(epochs=epochs, device=str(device), progress=sys.stderr.isatty(), **options)
-            started = time.perf_counter()
-            trainer = Trainer(model, config)
-            trainer.fit(fit)
-            scores = trainer.evaluate(valid)
+            _, scores, seconds = heldout.train_and_score(name, {}, fit, valid, device, epochs, **options)
             record["results"].append(
                 {
                     "model": name,
                     "setting": setting,
                     "validation_loss": scores["loss"],
                     "validation_mse": scores["mse"],
-                    "wall_seconds": time.perf_counter() - started,
+                    "wall_seconds": seconds,
                 }
             )
             write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
@@ -124,17 +96,13 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    heldout.add_arguments(parser)
     parser.add_argument("--models", default="ae,vae-conv", help="comma-separated registered model names")
-    parser.add_argument("--holdout", type=int, default=10_000, help="last training images held out for scoring")
-    parser.add_argument("--limit", type=int, help="use only the first N training images (tests)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="[default: genkit run's]")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     device = select_device(args.device)
     out = args.results / f"defaults-{args.dataset}-{device.type}.json"
-    return run(args.dataset, args.models.split(","), device, out, args.holdout, args.limit, args.epochs)
+    fit, valid = heldout.split(parser, args)
+    return run(args.dataset, fit, valid, args.models.split(","), device, out, args.epochs)
 
 
 if __name__ == "__main__":

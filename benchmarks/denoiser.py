@@ -10,20 +10,16 @@ Results go to ``benchmarks/results/denoiser-<dataset>-<device>.json`` and a mark
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import genkit
-from benchmarks.defaults import holdout
+from benchmarks import heldout
 from benchmarks.results_io import provenance, write_results
-from genkit.data import load_dataset
-from genkit.train import TrainConfig, Trainer, select_device
+from genkit.data import ImageData
+from genkit.train import select_device
 
-RESULTS = Path(__file__).parent / "results"
 FCN = {"encoder": "fcn", "decoder": "fcn"}
 #: the autoencoders compared, as ``genkit.get_model("ae", **options)`` options: the conv ae squeezes an image
 #: through 16 numbers; the fully convolutional ones keep a grid of local codes (7x7 or 14x14 positions)
@@ -38,34 +34,26 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 
 def run(
     dataset: str,
+    fit: ImageData,
+    valid: ImageData,
     noise: str,
     candidates: list[str],
     device: torch.device,
     out: Path,
-    n_holdout: int = 10_000,
-    limit: int | None = None,
-    epochs: int = TrainConfig().epochs,
+    epochs: int,
 ) -> dict[str, Any]:
-    train, _ = load_dataset(dataset)
-    fit, valid = holdout(train.subset(limit), n_holdout)
     record: dict[str, Any] = {
         "dataset": dataset,
         "noise": noise,
         "train_images": len(fit),
         "validation_images": len(valid),
-        "training": {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed},
+        "training": heldout.settings(epochs),
         **provenance(device),
         "results": [],
     }
     for name in candidates:
         print(f"== {name}", flush=True)
-        torch.manual_seed(0)
-        model = genkit.get_model("ae", **CANDIDATES[name])
-        config = TrainConfig(epochs=epochs, device=str(device), progress=sys.stderr.isatty())
-        started = time.perf_counter()
-        trainer = Trainer(model, config, noise=genkit.get_noise(noise))
-        trainer.fit(fit)
-        scores = trainer.evaluate(valid, genkit.get_noise(noise))
+        model, scores, seconds = heldout.train_and_score("ae", CANDIDATES[name], fit, valid, device, epochs, noise)
         record["results"].append(
             {
                 "candidate": name,
@@ -73,7 +61,7 @@ def run(
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "psnr_noisy": scores["psnr_noisy"],
                 "psnr_denoised": scores["psnr_denoised"],
-                "wall_seconds": time.perf_counter() - started,
+                "wall_seconds": seconds,
             }
         )
         write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
@@ -111,14 +99,9 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    heldout.add_arguments(parser)
     parser.add_argument("--noise", default="gaussian:0.5", help="the noise spec trained on and scored")
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset, by name")
-    parser.add_argument("--holdout", type=int, default=10_000, help="last training images held out for scoring")
-    parser.add_argument("--limit", type=int, help="use only the first N training images (tests)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="[default: genkit run's]")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     candidates = args.candidates.split(",")
     unknown = [c for c in candidates if c not in CANDIDATES]
@@ -126,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     device = select_device(args.device)
     out = args.results / f"denoiser-{args.dataset}-{device.type}.json"
-    return run(args.dataset, args.noise, candidates, device, out, args.holdout, args.limit, args.epochs)
+    fit, valid = heldout.split(parser, args)
+    return run(args.dataset, fit, valid, args.noise, candidates, device, out, args.epochs)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ def test_rd_trains_again_a_run_that_was_cut_off(tmp_path, monkeypatch):
 
 
 def test_defaults_benchmark_scores_every_setting_on_held_out_training_images(data_dir, tmp_path):
-    from benchmarks import defaults
+    from benchmarks import defaults, heldout
 
     args = ["--models", "ae", "--limit", "600", "--holdout", "100", "--epochs", "1", "--device", "cpu"]
     record = defaults.main([*args, "--results", str(tmp_path)])
@@ -254,10 +254,21 @@ def test_defaults_benchmark_scores_every_setting_on_held_out_training_images(dat
     winner = defaults.best(record, "ae")
     assert table.count("| **") == 1 and f"| **{winner}**" in table
     assert f"| {record['current']} (default) |" in table or f"**{record['current']}** (default)" in table
-    fit, valid = defaults.holdout(genkit.data.ImageData(torch.arange(5.0), torch.arange(5), "x", ()), 2)
+    fit, valid = heldout.holdout(genkit.data.ImageData(torch.arange(5.0), torch.arange(5), "x", ()), 2)
     assert fit.images.tolist() == [0, 1, 2] and valid.images.tolist() == [3, 4]
     with pytest.raises(ValueError, match="--holdout must be between 1 and 2, got 3"):
-        defaults.holdout(fit, 3)
+        heldout.holdout(fit, 3)
+
+
+def test_a_holdout_the_training_images_cannot_give_is_a_usage_error(data_dir, tmp_path, capsys):
+    from benchmarks import defaults, denoiser
+
+    for main in (defaults.main, denoiser.main):
+        with pytest.raises(SystemExit) as exit:
+            main(["--limit", "300", "--holdout", "300", "--device", "cpu", "--results", str(tmp_path)])
+        assert exit.value.code == 2
+        assert "error: --holdout must be between 1 and 299, got 300" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
 def test_denoiser_benchmark_scores_every_candidate_on_noisy_held_out_training_images(data_dir, tmp_path):

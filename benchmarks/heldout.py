@@ -1,0 +1,77 @@
+"""Held-out scoring for the benchmarks that choose genkit's settings (``defaults``, ``denoiser``): a model trains
+on the training split less its last images and is scored on those. The test split is never read, so nothing
+chosen this way is tuned on the test set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import genkit
+from genkit.data import ImageData, load_dataset
+from genkit.train import TrainConfig, Trainer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every held-out benchmark takes."""
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--holdout", type=int, default=10_000, help="last training images held out for scoring")
+    parser.add_argument("--limit", type=int, help="use only the first N training images (tests)")
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="[default: genkit run's]")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+
+
+def holdout(train: ImageData, n: int) -> tuple[ImageData, ImageData]:
+    """The training split less its last ``n`` images, and those ``n`` images (the validation set)."""
+    if not 0 < n < len(train):
+        raise ValueError(f"--holdout must be between 1 and {len(train) - 1}, got {n}")
+    cut = len(train) - n
+    return (
+        ImageData(train.images[:cut], train.labels[:cut], train.name, train.classes),
+        ImageData(train.images[cut:], train.labels[cut:], train.name, train.classes),
+    )
+
+
+def split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[ImageData, ImageData]:
+    """The training and held-out images ``add_arguments``' options ask for; a ``--holdout`` that the training
+    images cannot give is a usage error (exit 2)."""
+    train, _ = load_dataset(args.dataset)
+    try:
+        return holdout(train.subset(args.limit), args.holdout)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def settings(epochs: int) -> dict[str, Any]:
+    """The training settings a record names: genkit run's batch size and seed, for ``epochs``."""
+    return {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed}
+
+
+def train_and_score(
+    model: str,
+    options: dict[str, Any],
+    fit: ImageData,
+    valid: ImageData,
+    device: torch.device,
+    epochs: int,
+    noise: str | None = None,
+    **train_options: Any,
+) -> tuple[genkit.Model, dict[str, float], float]:
+    """Train ``genkit.get_model(model, **options)`` from seed 0 on ``fit`` (on noisy copies with ``noise``) and
+    score it on ``valid``: the model, ``Trainer.evaluate``'s scores and the wall seconds of both."""
+    torch.manual_seed(0)  # the same initial weights for every candidate setting
+    net = genkit.get_model(model, **options)
+    config = TrainConfig(epochs=epochs, device=str(device), progress=sys.stderr.isatty(), **train_options)
+    started = time.perf_counter()
+    trainer = Trainer(net, config, noise=genkit.get_noise(noise) if noise else None)
+    trainer.fit(fit)
+    scores = trainer.evaluate(valid, genkit.get_noise(noise) if noise else None)
+    return net, scores, time.perf_counter() - started
