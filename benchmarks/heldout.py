@@ -73,5 +73,5 @@ def train_and_score(
     started = time.perf_counter()
     trainer = Trainer(net, config, noise=genkit.get_noise(noise) if noise else None)
     trainer.fit(fit)
-    scores = trainer.evaluate(valid, genkit.get_noise(noise) if noise else None)
+    scores = trainer.evaluate(valid)  # with the training noise, if any
     return net, scores, time.perf_counter() - started
