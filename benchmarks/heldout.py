@@ -13,10 +13,9 @@ from typing import Any
 import torch
 
 import genkit
+from benchmarks.results_io import RESULTS
 from genkit.data import ImageData, load_dataset
 from genkit.train import TrainConfig, Trainer
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

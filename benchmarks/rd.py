@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import RESULTS, provenance, write_results
 from genkit import bitsback
 from genkit import compress as gkc
 from genkit.checkpoint import WEIGHTS_FILE, load_model
@@ -39,7 +39,6 @@ from genkit.data import load_dataset
 from genkit.metrics import psnr
 from genkit.train import select_device
 
-RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"
 DOCS_IMAGES = Path(__file__).parents[1] / "docs" / "images"
 #: Pillow format -> settings, each a (label, save options) pair

@@ -11,6 +11,9 @@ import torch
 import genkit
 from genkit.train import device_name
 
+#: where every benchmark writes its JSON record and markdown table (``--results`` changes it)
+RESULTS = Path(__file__).parent / "results"
+
 
 def write_results(path: Path, record: dict[str, Any], table: str) -> None:
     """Write ``record`` to ``path`` (JSON) and ``table`` to the same name with ``.md``; print the table."""

@@ -20,9 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.results_io import provenance, write_results
-
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.results_io import RESULTS, provenance, write_results
 
 
 def measure(nproc: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:

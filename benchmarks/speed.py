@@ -27,11 +27,10 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import RESULTS, provenance, write_results
 from genkit.data import data_root, load_dataset
 from genkit.train import TrainConfig, Trainer, select_device
 
-RESULTS = Path(__file__).parent / "results"
 #: relative difference in test loss after equal steps that still counts as "the same training"
 LOSS_TOLERANCE = 0.05
 

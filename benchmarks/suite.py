@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import RESULTS, provenance, write_results
 from genkit import fid
 from genkit.data import ImageData, binarize, load_dataset
 from genkit.evaluate import estimate_nll, nll_unavailable
@@ -32,7 +32,6 @@ from genkit.priors import fit_prior
 from genkit.report import draw_samples
 from genkit.train import TrainConfig, Trainer
 
-RESULTS = Path(__file__).parent / "results"
 DENOISING = ("gaussian:0.3", "gaussian:0.5", "gaussian:0.7", "salt-pepper:0.1", "salt-pepper:0.3", "masking:0.5")
 
 
