@@ -24,6 +24,7 @@ from genkit import distributed, metrics
 from genkit.config import DEVICES, LR_SCHEDULES, SEED_LIMIT, TrainConfig  # noqa: F401  (their home before 0.2)
 from genkit.data import ImageData, binarize
 from genkit.errors import ConfigError, TrainingError
+from genkit.losses import ramp
 from genkit.model import Model
 from genkit.noise import NoiseTransform
 from genkit.parts import Batch
@@ -218,7 +219,7 @@ class Trainer:
     def learning_rate(self, progress: float) -> float:
         """The learning rate after ``progress`` epochs: the warm-up ramp times the schedule."""
         cfg = self.config
-        lr = cfg.lr * _ramp(progress, cfg.lr_warmup)
+        lr = cfg.lr * ramp(progress, cfg.lr_warmup)
         if cfg.lr_schedule == "cosine":
             return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress / cfg.epochs)))
         return lr
@@ -468,8 +469,3 @@ def _check_optimizer_state(saved: Any, own: dict[str, Any], params: list[torch.T
                 raise ValueError(
                     f"the optimizer's {key} of parameter {index} is shaped {tuple(value.shape)}, not {want}"
                 )
-
-
-def _ramp(progress: float, epochs: int) -> float:
-    """A linear ramp from 0 to 1 over ``epochs`` epochs (1 throughout when ``epochs`` is 0)."""
-    return 1.0 if epochs == 0 else min(1.0, progress / epochs)
