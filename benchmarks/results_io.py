@@ -11,7 +11,7 @@ import torch
 import genkit
 from genkit.train import device_name
 
-#: where every benchmark writes its JSON record and markdown table (``--results`` changes it)
+#: where every benchmark writes its JSON record and markdown table (``--results`` changes it, where offered)
 RESULTS = Path(__file__).parent / "results"
 
 
