@@ -36,6 +36,8 @@ def _bench(session: nox.Session, protocol: str, datasets: list[str]) -> None:
     session.install(*CONSTRAINTS, "-e", ".")
     for dataset in session.posargs or datasets:
         session.run("python", "-m", "benchmarks.suite", "--protocol", protocol, "--dataset", dataset)
+        if protocol == "full":  # the scoreboard reads the full protocol's rows (and the nll protocol's, if any)
+            session.run("python", "-m", "benchmarks.scoreboard", "--dataset", dataset)
 
 
 @nox.session

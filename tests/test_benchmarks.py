@@ -284,3 +284,79 @@ def test_denoiser_benchmark_scores_every_candidate_on_noisy_held_out_training_im
     assert "python -m benchmarks.denoiser --dataset mnist --noise gaussian:0.5 --device cpu" in table
     with pytest.raises(SystemExit):
         denoiser.main(["--candidates", "fcn 3x3", "--results", str(tmp_path)])
+
+
+def _suite_row(label, model, mse, fid, psnr, noise=None, options=None):
+    return {"label": label, "model": model, "options": options or {}, "train_noise": noise, "test_mse": mse,
+            "fid": fid, "prior": "normal", "psnr": {"gaussian:0.5": {"noisy": 9.4, "output": psnr}}}  # fmt: skip
+
+
+def test_scoreboard_gives_every_target_a_verdict_from_the_rows_it_reads(tmp_path, capsys):
+    from benchmarks import scoreboard
+
+    # no full-protocol results yet: one line that says which command makes them
+    with pytest.raises(SystemExit) as refused:
+        scoreboard.main(["--results", str(tmp_path), "--device", "cpu"])
+    assert "mnist-cpu.json does not exist: run python -m benchmarks.suite --protocol full" in str(refused.value)
+
+    head = {"protocol": {"name": "full"}, "fid_protocol": {}, "device": "cpu", "device_name": "x86_64",
+            "torch": "2", "genkit": "0"}  # fmt: skip
+    full = {**head, "results": [
+        _suite_row("ae", "ae", 0.0039, {"prior": 90.0, "gmm": 7.5, "diffusion": 9.0}, 12.0),
+        _suite_row("vae-conv", "vae-conv", 0.007, {"normal": 16.0, "gmm": 20.0}, 11.0),  # a row from before "prior"
+        _suite_row("ae (trained on gaussian:0.5)", "ae", 0.001, {"gmm": 3.0}, 21.9, noise="gaussian:0.5"),
+    ]}  # fmt: skip
+    nll = {**head, "protocol": {"name": "nll", "nll_samples": 1000},
+           "results": [{"label": "vae-conv", "nll": {"nats": 84.0, "stderr": 0.5}}]}  # fmt: skip
+    (tmp_path / "mnist-cpu.json").write_text(json.dumps(full))
+    (tmp_path / "mnist-cpu-nll.json").write_text(json.dumps(nll))
+    scoreboard.main(["--results", str(tmp_path), "--device", "cpu"])
+    table = (tmp_path / "mnist-cpu-scoreboard.md").read_text()
+    verdicts = {
+        t["target"]: (t["measured"], t["met"])
+        for t in json.loads((tmp_path / "mnist-cpu-scoreboard.json").read_text())["targets"]
+    }
+    assert verdicts == {
+        # the lowest FID of any row through either ex-post prior: the denoiser's, through the GMM
+        "FID with an ex-post prior (gmm or diffusion) <= 8.0": (3.0, True),
+        "vae-conv FID from N(0,I) <= 15": (16.0, False),
+        "ae test MSE <= 0.004 at latent 16": (0.0039, True),  # the denoiser's 0.001 does not count
+        "denoiser PSNR at gaussian:0.5 >= 22 dB": (21.9, False),
+        "test NLL on binarised MNIST <= 82.9 nats": (84.0, False),
+    }
+    assert "| ae test MSE <= 0.004 at latent 16 | 0.0039 | ae | met |" in table
+    assert "| vae-conv | 0.0070 | 16.0 | 20.0 | — | 11.0 | 84.00 ± 0.50 | FID N(0,I) 19.21 (Ghosh)" in table
+    # every entry of the full protocol has a row; those not measured yet say so, and the NLL protocol's too
+    labels = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| ") and " | not run" in line]
+    assert "aae" in labels and "vq-vae" in labels and "ae" not in labels
+    assert "| iwae | not run | not run | not run | not run | not run | not run | NLL 85.54 (Burda) |" in table
+    # a denoiser's row has no published anchor: the papers' figures are of sampling and likelihood
+    assert "| ae (trained on gaussian:0.5) | 0.0010 | — | 3.0 | — | 21.9 | — | — |" in table
+    assert "| ae | 0.0039 | 90.0 | 7.5 | 9.0 | 12.0 | — | FID gmm 10.66 (Ghosh) |" in table
+
+    # a broken results file: one line that says how to mend it
+    (tmp_path / "mnist-cpu-nll.json").write_text("{")
+    with pytest.raises(SystemExit) as refused:
+        scoreboard.main(["--results", str(tmp_path), "--device", "cpu"])
+    assert "mnist-cpu-nll.json is not valid JSON" in str(refused.value)
+
+
+def test_committed_scoreboards_match_the_committed_results(tmp_path):
+    import shutil
+
+    from benchmarks import scoreboard
+    from benchmarks.results_io import RESULTS
+
+    boards = sorted(RESULTS.glob("*-scoreboard.md"))
+    assert boards, "no scoreboard is committed: run python -m benchmarks.scoreboard --dataset mnist --device cpu"
+    for board in boards:
+        stem = board.name.removesuffix("-scoreboard.md")
+        for name in (f"{stem}.json", f"{stem}-nll.json"):
+            if (RESULTS / name).exists():
+                shutil.copy(RESULTS / name, tmp_path / name)
+        dataset, device = stem.rsplit("-", 1)
+        scoreboard.main(["--results", str(tmp_path), "--dataset", dataset, "--device", device])
+        assert (tmp_path / board.name).read_text() == board.read_text(), (
+            f"{board.name} is older than the results it reads: run python -m benchmarks.scoreboard "
+            f"--dataset {dataset} --device {device}"
+        )
