@@ -164,7 +164,12 @@ PROTOCOLS = {
 
 
 def score(
-    trainer: Trainer, train: ImageData, test: ImageData, protocol: Protocol, reference: tuple, sample: bool = True
+    trainer: Trainer,
+    train: ImageData,
+    test: ImageData,
+    protocol: Protocol,
+    reference: tuple | None,
+    sample: bool = True,
 ) -> dict[str, Any]:
     """MSE, denoising PSNR (through the trainer's own evaluation) and FID (the model's own prior and the ex-post
     ones; none unless ``sample``)."""
@@ -204,7 +209,11 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
     train, test = train.subset(protocol.train_limit), test.subset(protocol.test_limit)
     n_ref = min(len(test), protocol.fid_samples)
     key = f"{protocol.dataset}-test-{n_ref}"
-    reference = fid.reference_statistics(key, test.images[:n_ref], device=device, progress=sys.stderr.isatty())
+    reference = (  # ten minutes on a CPU the first time: not for rows that draw no samples (denoisers)
+        fid.reference_statistics(key, test.images[:n_ref], device=device, progress=sys.stderr.isatty())
+        if any(e.sample for e in protocol.entries)
+        else None
+    )
     settings = json.loads(json.dumps({k: v for k, v in asdict(protocol).items() if k != "entries"}))  # as saved
     record = {
         "protocol": settings,

@@ -19,7 +19,7 @@ def fid_weights():
         )
 
 
-def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
+def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path, monkeypatch):
     protocol = suite.Protocol(
         "tiny",
         epochs=2,
@@ -61,9 +61,10 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path):
     table = suite.markdown(saved)
     assert "| img/s | wall s | machine |" in table and "| another cpu |" in table
     assert f"| {saved['device_name']} |" in table and "machine" not in suite.markdown(record)
-    # another protocol's file starts afresh
+    # another protocol's file starts afresh; rows that draw no samples need no reference statistics
     protocol.epochs = 1
-    protocol.entries = [suite.Entry("ae", {"hidden": 32})]
+    protocol.entries = [suite.Entry("ae", {"hidden": 32}, sample=False)]
+    monkeypatch.setattr(fid, "reference_statistics", lambda *a, **k: pytest.fail("reference statistics computed"))
     suite.run(protocol, torch.device("cpu"), out)
     assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["ae hidden=32"]
 
