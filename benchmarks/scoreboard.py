@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results_io import RESULTS, write_results
-from benchmarks.suite import PROTOCOLS
+from benchmarks.suite import PROTOCOLS, own_prior_fid
 
 Row = dict[str, Any]
 
@@ -46,8 +46,7 @@ ANCHORS: dict[str, dict[str, list[tuple[str, float, str]]]] = {
 
 
 def _fid(row: Row, prior: str) -> float | None:
-    found = row.get("fid", {})
-    return found.get("normal") if prior == "prior" and "prior" not in found else found.get(prior)
+    return own_prior_fid(row) if prior == "prior" else row["fid"].get(prior)
 
 
 def _best(values: list[tuple[float, str]], lowest: bool) -> tuple[float, str] | None:

@@ -332,9 +332,14 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def own_prior_fid(row: dict[str, Any]) -> float | None:
+    """FID of samples from a result row's own prior (rows before genkit 0.2 call it "normal"); None without one."""
+    return row["fid"].get("prior", row["fid"].get("normal"))
+
+
 def _own_prior_fid(row: dict[str, Any]) -> str:
-    """FID of samples from the row's own prior, naming it unless it is N(0, I) (rows before genkit 0.2: "normal")."""
-    value = row["fid"].get("prior", row["fid"].get("normal"))
+    """The own prior's FID as a table cell, naming the prior unless it is N(0, I)."""
+    value = own_prior_fid(row)
     if value is None:
         return "—"
     name = row.get("prior") or "normal"
