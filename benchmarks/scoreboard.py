@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results_io import RESULTS, write_results
-from benchmarks.suite import PROTOCOLS, own_prior_fid
+from benchmarks.suite import PROTOCOLS, own_prior_cell, own_prior_fid
+from genkit.train import select_device
 
 Row = dict[str, Any]
 
@@ -127,11 +128,11 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
                 "label": label,
                 "measured": row is not None,
                 "test_mse": row and row["test_mse"],
-                "fid": row and {p: _fid(row, p) for p in ("prior", "gmm", "diffusion") if _fid(row, p) is not None},
+                "fid": row and {p: v for p in ("prior", "gmm", "diffusion") if (v := _fid(row, p)) is not None},
                 "own_prior": row and row.get("prior", "normal"),
                 "psnr_gaussian_0.5": row and row["psnr"]["gaussian:0.5"]["output"],
                 "nll": scored and {"nats": scored["nats"], "stderr": scored["stderr"]},
-                "nll_state": "measured" if scored else "not run" if label in nll_labels else "none",
+                "in_nll_protocol": label in nll_labels,
                 "published": [] if entry.get("train_noise") else anchors.get(entry["model"], []),
             }
         )
@@ -182,13 +183,9 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for r in record["rows"]:
         m, fid = r["measured"], r["fid"] or {}
-        own = _cell(fid.get("prior"), 1, m)
-        if fid.get("prior") is not None and r["own_prior"] != "normal":
-            own += f" ({r['own_prior']})"
+        own = own_prior_cell({"fid": fid, "prior": r["own_prior"]}) if m else "not run"
         nll = r["nll"]
-        nll_cell = (
-            f"{nll['nats']:.2f} ± {nll['stderr']:.2f}" if nll else "not run" if r["nll_state"] == "not run" else "—"
-        )
+        nll_cell = f"{nll['nats']:.2f} ± {nll['stderr']:.2f}" if nll else "not run" if r["in_nll_protocol"] else "—"
         published = "; ".join(f"{what} {value:g} ({source})" for what, value, source in r["published"]) or "—"
         lines.append(
             f"| {r['label']} | {_cell(r['test_mse'], 4, m)} | {own} | {_cell(fid.get('gmm'), 1, m)} "
@@ -207,8 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the suite's results")
     args = parser.parse_args(argv)
-    from genkit.train import select_device
-
     # a file made elsewhere is read as well here: only "auto" looks at this machine's devices
     stem = f"{args.dataset}-{select_device().type if args.device == 'auto' else args.device}"
     full = _load(args.results / f"{stem}.json")

@@ -326,7 +326,7 @@ def markdown(record: dict[str, Any]) -> str:
         found = r.get("nll")
         nlls = (f"{found['nats']:.2f} ± {found['stderr']:.2f} | " if found else "— | ") if nll else ""
         lines.append(
-            f"| {r['label']} | {r['test_mse']:.4f} | {_own_prior_fid(r)} | {fids}{nlls}{psnr} "
+            f"| {r['label']} | {r['test_mse']:.4f} | {own_prior_cell(r)} | {fids}{nlls}{psnr} "
             f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |" + f" {machine(r)} |" * several
         )
     return "\n".join(lines) + "\n"
@@ -337,7 +337,7 @@ def own_prior_fid(row: dict[str, Any]) -> float | None:
     return row["fid"].get("prior", row["fid"].get("normal"))
 
 
-def _own_prior_fid(row: dict[str, Any]) -> str:
+def own_prior_cell(row: dict[str, Any]) -> str:
     """The own prior's FID as a table cell, naming the prior unless it is N(0, I)."""
     value = own_prior_fid(row)
     if value is None:

@@ -292,7 +292,7 @@ def _suite_row(label, model, mse, fid, psnr, noise=None, options=None):
             "fid": fid, "prior": "normal", "psnr": {"gaussian:0.5": {"noisy": 9.4, "output": psnr}}}  # fmt: skip
 
 
-def test_scoreboard_gives_every_target_a_verdict_from_the_rows_it_reads(tmp_path, capsys):
+def test_scoreboard_gives_every_target_a_verdict_from_the_rows_it_reads(tmp_path):
     from benchmarks import scoreboard
 
     # no full-protocol results yet: one line that says which command makes them
