@@ -95,6 +95,13 @@ def bench_defaults(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.defaults", *session.posargs)
 
 
+@nox.session(name="bench-priors")
+def bench_priors(session: nox.Session) -> None:
+    """Ex-post priors: GMM and diffusion settings scored by FID against held-out training images (never the test split)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "benchmarks.priors", *session.posargs)
+
+
 @nox.session(name="bench-denoiser")
 def bench_denoiser(session: nox.Session) -> None:
     """Denoisers: autoencoder architectures scored by PSNR on noisy held-out training images (never the test split)."""

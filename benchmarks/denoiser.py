@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--noise", default="gaussian:0.5", help="the noise spec trained on and scored")
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset, by name")
     args = parser.parse_args(argv)
-    candidates = args.candidates.split(",")
-    unknown = [c for c in candidates if c not in CANDIDATES]
-    if unknown:
-        parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
+    candidates = heldout.chosen(parser, args.candidates, CANDIDATES)
     device = select_device(args.device)
     out = args.results / f"denoiser-{args.dataset}-{device.type}.json"
     fit, valid = heldout.split(parser, args)

@@ -49,6 +49,15 @@ def split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Im
         parser.error(str(exc))
 
 
+def chosen(parser: argparse.ArgumentParser, names: str, known: dict[str, Any]) -> list[str]:
+    """The comma-separated ``names`` of a ``--candidates`` option; an unknown one is a usage error (exit 2)."""
+    candidates = names.split(",")
+    unknown = [c for c in candidates if c not in known]
+    if unknown:
+        parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return candidates
+
+
 def settings(epochs: int) -> dict[str, Any]:
     """The training settings a record names: genkit run's batch size and seed, for ``epochs``."""
     return {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed}

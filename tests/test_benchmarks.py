@@ -1,6 +1,7 @@
 """The benchmark scripts end to end on tiny protocols: they run, and what they write is complete and honest."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -285,6 +286,34 @@ def test_denoiser_benchmark_scores_every_candidate_on_noisy_held_out_training_im
     assert "python -m benchmarks.denoiser --dataset mnist --noise gaussian:0.5 --device cpu" in table
     with pytest.raises(SystemExit):
         denoiser.main(["--candidates", "fcn 3x3", "--results", str(tmp_path)])
+
+
+def test_priors_benchmark_scores_every_prior_by_fid_against_held_out_training_images(
+    data_dir, fid_weights, tmp_path, monkeypatch, capsys
+):
+    from benchmarks import priors
+
+    small = {"gmm components=2": ("gmm", {"components": 2}),
+             "diffusion train_steps=30": ("diffusion", {"train_steps": 30, "sample_steps": 5})}  # fmt: skip
+    monkeypatch.setattr(priors, "CANDIDATES", small)
+    args = ["--limit", "300", "--holdout", "100", "--epochs", "1", "--samples", "40", "--device", "cpu"]
+    record = priors.main([*args, "--results", str(tmp_path)])
+    assert record["train_images"] == 200 and record["validation_images"] == 100 and record["samples"] == 40
+    assert [r["candidate"] for r in record["results"]] == list(small)
+    assert [r["prior"] for r in record["results"]] == ["gmm", "diffusion"]
+    assert all(math.isfinite(r["fid"]) and r["fid"] > 0 and r["fit_seconds"] >= 0 for r in record["results"])
+    assert 0 < record["validation_mse"] < 1
+    table = (tmp_path / "priors-mnist-cpu.md").read_text()
+    winner = priors.best(record)
+    assert winner == min(record["results"], key=lambda r: r["fid"])["candidate"]
+    assert table.count("| **") == 1 and f"| **{winner}** |" in table
+    assert "python -m benchmarks.priors --dataset mnist --model ae --holdout 100 --samples 40 --device cpu" in table
+    for bad, message in ((["--candidates", "flow"], "unknown candidate(s) flow; known: gmm components=2"),
+                         (["--samples", "1"], "--samples must be at least 2, got 1")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit:
+            priors.main([*bad, "--results", str(tmp_path / "none")])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def _suite_row(label, model, mse, fid, psnr, noise=None, options=None):

@@ -1,0 +1,132 @@
+"""Which ex-post prior settings genkit ships: one model trains on the training split less its last images, each
+candidate prior is fitted to the codes of those training images, and its samples are scored by FID against the
+held-out images. The test split is never read, so a prior setting chosen here is not tuned on the test set.
+
+    python -m benchmarks.priors --dataset mnist --model ae --holdout 5000 --samples 5000   # ~1 h on a 2-core CPU
+
+Results go to ``benchmarks/results/priors-<dataset>-<device>.json`` and a markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import heldout
+from benchmarks.results_io import provenance, write_results
+from genkit import fid
+from genkit.data import ImageData
+from genkit.priors import fit_prior
+from genkit.report import draw_samples
+from genkit.train import select_device
+
+#: the priors compared, as ``fit_prior(model, name, **options)``: the GMM the papers fit, the diffusion prior's
+#: defaults, and the diffusion settings most likely to matter (longer fitting; deterministic DDIM sampling)
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "gmm components=10": ("gmm", {"components": 10}),
+    "diffusion": ("diffusion", {}),
+    "diffusion train_steps=16000": ("diffusion", {"train_steps": 16_000}),
+    "diffusion eta=0": ("diffusion", {"eta": 0.0}),
+}
+
+
+def run(
+    dataset: str,
+    fit: ImageData,
+    valid: ImageData,
+    model_name: str,
+    candidates: list[str],
+    samples: int,
+    device: torch.device,
+    out: Path,
+    epochs: int,
+) -> dict[str, Any]:
+    progress = sys.stderr.isatty()
+    model, scores, train_seconds = heldout.train_and_score(model_name, {}, fit, valid, device, epochs)
+    key = f"{dataset}-train-last-{len(valid)}"  # the held-out images: the last ones of the training split
+    reference = fid.reference_statistics(key, valid.images, device=device, progress=progress)
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "model": model_name,
+        "train_images": len(fit),
+        "validation_images": len(valid),
+        "samples": samples,
+        "training": heldout.settings(epochs),
+        "validation_mse": scores["mse"],
+        "train_seconds": train_seconds,
+        "fid_protocol": fid.protocol(),
+        **provenance(device),
+        "results": [],
+    }
+    for name in candidates:
+        print(f"== {name}", flush=True)
+        prior, options = CANDIDATES[name]
+        started = time.perf_counter()
+        fit_prior(model, prior, fit.images, **options)
+        fit_seconds = time.perf_counter() - started
+        images = draw_samples(model, samples, seed=0, chunk=1000)
+        mu, sigma = fid.feature_statistics(images, device=device, progress=progress)
+        record["results"].append(
+            {
+                "candidate": name,
+                "prior": prior,
+                "options": options,
+                "fid": fid.frechet_distance(mu, sigma, *reference),
+                "fit_seconds": fit_seconds,
+            }
+        )
+        write_results(out, record, markdown(record))  # after every prior: a run cut short keeps what it has
+    return record
+
+
+def best(record: dict[str, Any]) -> str:
+    """The candidate whose samples have the lowest FID against the held-out images."""
+    return min(record["results"], key=lambda r: r["fid"])["candidate"]
+
+
+def markdown(record: dict[str, Any]) -> str:
+    t = record["training"]
+    lines = [
+        f"# Ex-post priors on {record['dataset']} ({record['device_name']}, {record['device']})",
+        "",
+        f"`{record['model']}` trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch {t['batch_size']}, "
+        f"seed {t['seed']}, genkit run's defaults) on the first {record['train_images']} training images "
+        f"(validation MSE {record['validation_mse']:.4f} on the last {record['validation_images']}, held out; the "
+        f"test split is not read). Each prior is fitted to the training codes; FID of {record['samples']} samples "
+        f"against the {record['validation_images']} held-out images ({record['fid_protocol']['implementation']}). "
+        f"Made by `python -m benchmarks.priors --dataset {record['dataset']} --model {record['model']} --holdout "
+        f"{record['validation_images']} --samples {record['samples']} --device {record['device']}`. "
+        "**Bold**: the lowest FID.",
+        "",
+        "| prior | FID | fit s |",
+        "|---|---|---|",
+    ]
+    for r in record["results"]:
+        mark = "**" if r["candidate"] == best(record) else ""
+        lines.append(f"| {mark}{r['candidate']}{mark} | {r['fid']:.2f} | {r['fit_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    heldout.add_arguments(parser)
+    parser.add_argument("--model", default="ae", help="the registered model whose codes the priors fit")
+    parser.add_argument("--samples", type=int, default=5000, help="samples per prior scored by FID")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset, by name")
+    args = parser.parse_args(argv)
+    candidates = heldout.chosen(parser, args.candidates, CANDIDATES)
+    if args.samples < 2:
+        parser.error(f"--samples must be at least 2, got {args.samples}")
+    device = select_device(args.device)
+    out = args.results / f"priors-{args.dataset}-{device.type}.json"
+    fit, valid = heldout.split(parser, args)
+    return run(args.dataset, fit, valid, args.model, candidates, args.samples, device, out, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
