@@ -25,10 +25,11 @@ from genkit.priors import fit_prior
 from genkit.report import draw_samples
 from genkit.train import select_device
 
-#: the priors compared, as ``fit_prior(model, name, **options)``: the GMM the papers fit, the diffusion prior's
-#: defaults, and the diffusion settings most likely to matter (longer fitting; deterministic DDIM sampling)
+#: the priors compared, as ``fit_prior(model, name, **options)``: the GMM the papers fit and a finer one, the
+#: diffusion prior's defaults, and the diffusion settings most likely to matter (longer fitting; deterministic DDIM)
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "gmm components=10": ("gmm", {"components": 10}),
+    "gmm components=50": ("gmm", {"components": 50}),
     "diffusion": ("diffusion", {}),
     "diffusion train_steps=16000": ("diffusion", {"train_steps": 16_000}),
     "diffusion eta=0": ("diffusion", {"eta": 0.0}),
