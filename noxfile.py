@@ -97,7 +97,7 @@ def bench_defaults(session: nox.Session) -> None:
 
 @nox.session(name="bench-priors")
 def bench_priors(session: nox.Session) -> None:
-    """Ex-post priors: GMM and diffusion settings scored by FID against held-out training images (never the test split)."""
+    """Ex-post priors: GMM and diffusion settings scored by FID on held-out training images (not the test split)."""
     session.install(*CONSTRAINTS, "-e", ".")
     session.run("python", "-m", "benchmarks.priors", *session.posargs)
 
