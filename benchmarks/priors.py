@@ -100,7 +100,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"(validation MSE {record['validation_mse']:.4f} on the last {record['validation_images']}, held out; the "
         f"test split is not read). Each prior is fitted to the training codes; FID of {record['samples']} samples "
         f"against the {record['validation_images']} held-out images ({record['fid_protocol']['implementation']}). "
-        f"Made by `python -m benchmarks.priors --dataset {record['dataset']} --model {record['model']} --holdout "
+        f"Made by `python -m benchmarks.priors --dataset {record['dataset']} --model {record['model']} --epochs "
+        f"{t['epochs']} --holdout "
         f"{record['validation_images']} --samples {record['samples']} --device {record['device']}`. "
         "**Bold**: the lowest FID.",
         "",

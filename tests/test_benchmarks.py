@@ -307,7 +307,10 @@ def test_priors_benchmark_scores_every_prior_by_fid_against_held_out_training_im
     winner = priors.best(record)
     assert winner == min(record["results"], key=lambda r: r["fid"])["candidate"]
     assert table.count("| **") == 1 and f"| **{winner}** |" in table
-    assert "python -m benchmarks.priors --dataset mnist --model ae --holdout 100 --samples 40 --device cpu" in table
+    assert (
+        "python -m benchmarks.priors --dataset mnist --model ae --epochs 1 --holdout 100 --samples 40 --device cpu"
+        in table
+    )
     for bad, message in ((["--candidates", "flow"], "unknown candidate(s) flow; known: gmm components=2"),
                          (["--samples", "1"], "--samples must be at least 2, got 1")):  # fmt: skip
         with pytest.raises(SystemExit) as exit:
