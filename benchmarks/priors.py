@@ -4,7 +4,8 @@ held-out images. The test split is never read, so a prior setting chosen here is
 
     python -m benchmarks.priors --dataset mnist --model ae --holdout 5000 --samples 5000   # ~1 h on a 2-core CPU
 
-Results go to ``benchmarks/results/priors-<dataset>-<device>.json`` and a markdown table beside it.
+Priors that do not apply to the model's codes (``categorical`` to an ``ae``'s) are skipped with their reason.
+Results go to ``benchmarks/results/priors-<model>-<dataset>-<device>.json`` and a markdown table beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from benchmarks import heldout
 from benchmarks.results_io import provenance, write_results
-from genkit import fid
+from genkit import ConfigError, fid
 from genkit.data import ImageData
 from genkit.priors import fit_prior
 from genkit.report import draw_samples
@@ -33,6 +34,11 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion": ("diffusion", {}),
     "diffusion train_steps=16000": ("diffusion", {"train_steps": 16_000}),
     "diffusion eta=0": ("diffusion", {"eta": 0.0}),
+    # over a vq-vae's quantised codes only: the per-position table, and the transformer with and without stopping
+    # its fitting once held-out codes stop improving
+    "categorical": ("categorical", {}),
+    "autoregressive": ("autoregressive", {}),
+    "autoregressive patience=0": ("autoregressive", {"patience": 0}),
 }
 
 
@@ -68,7 +74,11 @@ def run(
         print(f"== {name}", flush=True)
         prior, options = CANDIDATES[name]
         started = time.perf_counter()
-        fit_prior(model, prior, fit.images, **options)
+        try:
+            fitted = fit_prior(model, prior, fit.images, **options)
+        except ConfigError as exc:  # a prior for other codes (categorical: quantised ones)
+            print(f"skipped {name}: {exc}", file=sys.stderr, flush=True)
+            continue
         fit_seconds = time.perf_counter() - started
         images = draw_samples(model, samples, seed=0, chunk=1000)
         mu, sigma = fid.feature_statistics(images, device=device, progress=progress)
@@ -79,6 +89,7 @@ def run(
                 "options": options,
                 "fid": fid.frechet_distance(mu, sigma, *reference),
                 "fit_seconds": fit_seconds,
+                "fit_steps": getattr(fitted, "fit_steps", None),  # where the fitting may stop early
             }
         )
         write_results(out, record, markdown(record))  # after every prior: a run cut short keeps what it has
@@ -105,12 +116,15 @@ def markdown(record: dict[str, Any]) -> str:
         f"{record['validation_images']} --samples {record['samples']} --device {record['device']}`. "
         "**Bold**: the lowest FID.",
         "",
-        "| prior | FID | fit s |",
-        "|---|---|---|",
     ]
+    # the fitting steps only where a prior may stop its fitting early (autoregressive)
+    steps = any(r.get("fit_steps") is not None for r in record["results"])
+    lines += ["| prior | FID | fit s |" + " fit steps |" * steps, "|---|---|---|" + "---|" * steps]
     for r in record["results"]:
         mark = "**" if r["candidate"] == best(record) else ""
-        lines.append(f"| {mark}{r['candidate']}{mark} | {r['fid']:.2f} | {r['fit_seconds']:.0f} |")
+        cells = [f"{mark}{r['candidate']}{mark}", f"{r['fid']:.2f}", f"{r['fit_seconds']:.0f}"]
+        cells += [str(r.get("fit_steps") or "—")] * steps
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.samples < 2:
         parser.error(f"--samples must be at least 2, got {args.samples}")
     device = select_device(args.device)
-    out = args.results / f"priors-{args.dataset}-{device.type}.json"
+    out = args.results / f"priors-{args.model}-{args.dataset}-{device.type}.json"
     fit, valid = heldout.split(parser, args)
     return run(args.dataset, fit, valid, args.model, candidates, args.samples, device, out, args.epochs)
 

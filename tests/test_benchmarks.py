@@ -294,16 +294,19 @@ def test_priors_benchmark_scores_every_prior_by_fid_against_held_out_training_im
     from benchmarks import priors
 
     small = {"gmm components=2": ("gmm", {"components": 2}),
-             "diffusion train_steps=30": ("diffusion", {"train_steps": 30, "sample_steps": 5})}  # fmt: skip
+             "diffusion train_steps=30": ("diffusion", {"train_steps": 30, "sample_steps": 5}),
+             "categorical": ("categorical", {})}  # fmt: skip
     monkeypatch.setattr(priors, "CANDIDATES", small)
     args = ["--limit", "300", "--holdout", "100", "--epochs", "1", "--samples", "40", "--device", "cpu"]
     record = priors.main([*args, "--results", str(tmp_path)])
     assert record["train_images"] == 200 and record["validation_images"] == 100 and record["samples"] == 40
-    assert [r["candidate"] for r in record["results"]] == list(small)
+    # a prior over quantised codes does not apply to an ae's codes: skipped, with the reason
+    assert "skipped categorical: prior categorical: the codes hold" in capsys.readouterr().err
+    assert [r["candidate"] for r in record["results"]] == list(small)[:2]
     assert [r["prior"] for r in record["results"]] == ["gmm", "diffusion"]
     assert all(math.isfinite(r["fid"]) and r["fid"] > 0 and r["fit_seconds"] >= 0 for r in record["results"])
     assert 0 < record["validation_mse"] < 1
-    table = (tmp_path / "priors-mnist-cpu.md").read_text()
+    table = (tmp_path / "priors-ae-mnist-cpu.md").read_text()
     winner = priors.best(record)
     assert winner == min(record["results"], key=lambda r: r["fid"])["candidate"]
     assert table.count("| **") == 1 and f"| **{winner}** |" in table
@@ -311,6 +314,7 @@ def test_priors_benchmark_scores_every_prior_by_fid_against_held_out_training_im
         "python -m benchmarks.priors --dataset mnist --model ae --epochs 1 --holdout 100 --samples 40 --device cpu"
         in table
     )
+    assert "fit steps" not in table  # no prior here stops its fitting early
     for bad, message in ((["--candidates", "flow"], "unknown candidate(s) flow; known: gmm components=2"),
                          (["--samples", "1"], "--samples must be at least 2, got 1")):  # fmt: skip
         with pytest.raises(SystemExit) as exit:

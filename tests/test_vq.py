@@ -91,6 +91,26 @@ def test_autoregressive_prior_learns_what_one_position_says_about_the_next():
         genkit.get_prior("autoregressive", latent=4, width=32, heads=3)
 
 
+def test_the_autoregressive_fit_stops_once_the_held_out_codes_stop_improving():
+    from genkit_plugins.vq import CHECK_EVERY
+
+    # four independent, uniform positions over eight vectors: nothing to learn beyond the marginals, so the
+    # held-out NLL soon stops falling, and the weights kept are those of its best check: close to log 8 per position
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(8, (400, 4), generator=generator).float()
+    options = {"codebook": 8, "code_dim": 1, "width": 16, "heads": 2, "layers": 1, "lr": 3e-3, "batch_size": 64}
+    prior = genkit.get_prior("autoregressive", latent=4, train_steps=5000, patience=2, **options)
+    prior.fit(codes)
+    assert 2 * CHECK_EVERY < prior.fit_steps < 5000
+    fresh = torch.randint(8, (4000, 4), generator=generator).float()
+    assert (-prior.log_mass(fresh).mean() / 4).item() == pytest.approx(math.log(8), abs=0.05)
+    every_step = genkit.get_prior("autoregressive", latent=4, train_steps=120, patience=0, **options)
+    every_step.fit(codes)
+    assert every_step.fit_steps == 120
+    with pytest.raises(genkit.ConfigError, match=r"holdout \(0.5\) must be below 0.5"):
+        genkit.get_prior("autoregressive", latent=4, holdout=0.5)
+
+
 def test_a_vq_vae_trains_and_samples_from_its_fitted_prior(tiny_images):
     from genkit.data import ImageData
     from genkit.priors import fit_prior

@@ -269,23 +269,33 @@ class CategoricalCodePrior(Prior):
         return self.logits.gather(1, index.T).T.sum(-1).view(z.shape[:-1])
 
 
+#: fitting steps between two checks of the autoregressive prior's held-out NLL
+CHECK_EVERY = 100
+
+
 @dataclass
 class AutoregressiveConfig(CategoricalConfig):
     width: int = option(128, "width of the causal transformer")
     layers: int = option(2, "transformer layers")
     heads: int = option(4, "attention heads (must divide width)")
-    train_steps: int = option(3000, "Adam steps of fitting")
+    train_steps: int = option(3000, "Adam steps of fitting, at most")
     batch_size: int = option(256, "codes per fitting step")
     lr: float = option(1e-3, "Adam's learning rate (cosine-decayed over the fitting)")
+    holdout: float = option(0.05, "share of the codes held out to tell when the fitting stops improving")
+    patience: int = option(5, f"checks (one per {CHECK_EVERY} steps) without a lower held-out NLL before the fitting "
+                              "stops early, keeping its best weights; 0: run every step")  # fmt: skip
     seed: int = option(0, "seed of the fitting and of the initial weights")
 
     positive: ClassVar[tuple[str, ...]] = (*CategoricalConfig.positive, "width", "layers", "heads", "train_steps",
                                            "batch_size", "lr")  # fmt: skip
+    non_negative: ClassVar[tuple[str, ...]] = (*CategoricalConfig.non_negative, "holdout", "patience")
 
     def validate(self) -> None:
         super().validate()
         if self.width % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide width ({self.width})")
+        if self.holdout >= 0.5:
+            raise ConfigError(f"holdout ({self.holdout}) must be below 0.5: the rest of the codes fit the prior")
 
 
 class AutoregressiveCodePrior(CategoricalCodePrior):
@@ -316,6 +326,7 @@ class AutoregressiveCodePrior(CategoricalCodePrior):
         torch.random.set_rng_state(generator_state)
         self.requires_grad_(False)  # fitted by `fit`, never by the model's optimizer
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(self.positions))
+        self.fit_steps = 0  #: the fitting steps the last ``fit`` ran (fewer than ``train_steps`` if it stopped early)
 
     def _logits(self, index: Tensor) -> Tensor:
         """log p(code at p | codes < p) for every p and every table row: (N, positions, codebook)."""
@@ -323,22 +334,47 @@ class AutoregressiveCodePrior(CategoricalCodePrior):
         h = self.net(before + self.place, mask=self.causal, is_causal=True)
         return self.head(h).masked_fill(~self.used, -torch.inf).log_softmax(-1)
 
+    def _nll(self, index: Tensor) -> Tensor:
+        """Mean negative log-probability per position of the codes with table indices ``index`` (N, positions)."""
+        return -self._logits(index).gather(2, index[..., None]).mean()
+
     def fit(self, codes: Tensor) -> None:
-        """Learn the table of code vectors, then train the transformer on the training codes' indices."""
+        """Learn the table of code vectors, then train the transformer on the training codes' indices.
+
+        A share of the codes (``holdout``) is kept aside; the fitting stops once their NLL has not fallen for
+        ``patience`` checks and keeps the weights of the best check, so it runs only as long as it helps.
+        """
         c = self.config
         index = self._learn_table(codes.to(self.device))
         generator = torch.Generator(device=self.device).manual_seed(c.seed)
+        held = int(len(index) * c.holdout) if c.patience else 0
+        order = torch.randperm(len(index), generator=generator, device=self.device)
+        index, valid = index[order[held:]], index[order[:held]]
         self.requires_grad_(True)
         self.train()
         optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=c.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, c.train_steps)
-        for _ in tqdm(range(c.train_steps), desc="fitting autoregressive prior", leave=False, disable=None):
+        best, best_state, since_best = torch.inf, None, 0
+        bar = tqdm(range(1, c.train_steps + 1), desc="fitting autoregressive prior", leave=False, disable=None)
+        for step in bar:
             batch = index[torch.randint(len(index), (c.batch_size,), generator=generator, device=self.device)]
-            loss = -self._logits(batch).gather(2, batch[..., None]).mean()
+            loss = self._nll(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+            if held and step % CHECK_EVERY == 0:
+                with torch.no_grad():
+                    nll = self._nll(valid).item()
+                bar.set_postfix(held_out_nll=f"{nll:.4f}")
+                if nll < best:
+                    best, since_best = nll, 0
+                    best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+                elif (since_best := since_best + 1) >= c.patience:
+                    break
+        if best_state is not None:
+            self.load_state_dict(best_state)
+        self.fit_steps = step
         self.requires_grad_(False)
         self.eval()
         self.fitted.fill_(True)
