@@ -364,8 +364,8 @@ class AutoregressiveCodePrior(CategoricalCodePrior):
             optimizer.step()
             schedule.step()
             if held and step % CHECK_EVERY == 0:
-                with torch.no_grad():
-                    nll = self._nll(valid).item()
+                with torch.no_grad():  # in chunks: a large training set holds out many codes
+                    nll = sum(self._nll(v).item() * len(v) for v in valid.split(4096)) / len(valid)
                 bar.set_postfix(held_out_nll=f"{nll:.4f}")
                 if nll < best:
                     best, since_best = nll, 0
