@@ -63,6 +63,7 @@ def run(
         "train_images": len(fit),
         "validation_images": len(valid),
         "samples": samples,
+        "candidates": candidates,
         "training": heldout.settings(epochs),
         "validation_mse": scores["mse"],
         "train_seconds": train_seconds,
@@ -103,6 +104,8 @@ def best(record: dict[str, Any]) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     t = record["training"]
+    chosen = record.get("candidates", list(CANDIDATES))
+    flag = f' --candidates "{",".join(chosen)}"' * (chosen != list(CANDIDATES))
     lines = [
         f"# Ex-post priors on {record['dataset']} ({record['device_name']}, {record['device']})",
         "",
@@ -113,7 +116,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"against the {record['validation_images']} held-out images ({record['fid_protocol']['implementation']}). "
         f"Made by `python -m benchmarks.priors --dataset {record['dataset']} --model {record['model']} --epochs "
         f"{t['epochs']} --holdout "
-        f"{record['validation_images']} --samples {record['samples']} --device {record['device']}`. "
+        f"{record['validation_images']} --samples {record['samples']}{flag} --device {record['device']}`. "
         "**Bold**: the lowest FID.",
         "",
     ]

@@ -315,6 +315,9 @@ def test_priors_benchmark_scores_every_prior_by_fid_against_held_out_training_im
         in table
     )
     assert "fit steps" not in table  # no prior here stops its fitting early
+    # a study of a subset names it, so that its command reproduces it
+    subset = priors.markdown({**record, "candidates": ["gmm components=2"]})
+    assert '--samples 40 --candidates "gmm components=2" --device cpu`' in subset
     for bad, message in ((["--candidates", "flow"], "unknown candidate(s) flow; known: gmm components=2"),
                          (["--samples", "1"], "--samples must be at least 2, got 1")):  # fmt: skip
         with pytest.raises(SystemExit) as exit:
