@@ -91,6 +91,12 @@ def info(name: str, kind: str) -> None:
     from genkit import registry
 
     reg = getattr(registry, kind)
+    if name not in reg.names():  # e.g. a prior asked for as a model: name the --kind that has it
+        for other in KINDS:
+            if name in getattr(registry, other).names():
+                raise registry.UnknownPluginError(
+                    f"{name!r} is not one of the {kind} but one of the {other}: genkit info {name} --kind {other}"
+                )
     obj = reg.load(name)
     click.echo(f"{name}: {registry.describe(obj)}")
     click.echo(f"provided by: {reg.info(name).distribution}")

@@ -61,8 +61,11 @@ def test_info_of_a_part_kind(capsys):
     assert code == 0
     assert out.splitlines()[0].startswith("iwae: Importance-weighted bound")
     assert "--set loss.k=5" in out and "--loss iwae" in out
+    # a name of another kind: the error names the --kind that has it
     code, _, err = run_cli(capsys, "info", "--kind", "priors", "vamp-vae")
-    assert code == 2 and "unknown priors plugin 'vamp-vae'" in err
+    assert code == 2 and "'vamp-vae' is not one of the priors but one of the models: " in err
+    code, _, err = run_cli(capsys, "info", "autoregressive")
+    assert code == 2 and err.strip().endswith("genkit info autoregressive --kind priors")
 
 
 def test_unknown_model_is_one_line_exit_2(capsys):
