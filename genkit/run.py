@@ -408,9 +408,11 @@ def _train_and_report(
     plot = _logging(config)["latent_plot"]
     report.write_pictures(model, test, history, noise, run_dir, config["data"].get("noise"), plot)
     if final:
+        # a model not trained on noise has never seen noisy inputs: its output is no denoised image
+        output = "denoised" if config["data"].get("noise") else "model output, not trained as a denoiser"
         log(
             f"done: test MSE {final['mse']:.5f}, PSNR {final['psnr_noisy']:.1f} dB noisy -> "
-            f"{final['psnr_denoised']:.1f} dB denoised ({noise.spec}); files in {run_dir}"
+            f"{final['psnr_denoised']:.1f} dB {output} ({noise.spec}); files in {run_dir}"
         )
     return run_dir
 

@@ -281,3 +281,17 @@ def test_run_records_the_latent_plot_choice(image_folder, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["logging"] == {"tensorboard": False, "latent_plot": "pca"}
     assert main([*args[:-1], "umap", "--out", str(tmp_path / "x")]) == 2
     assert "'umap' is not one of 'tsne', 'pca'" in capsys.readouterr().err
+
+
+def test_the_closing_line_calls_an_output_denoised_only_for_a_denoiser(tmp_path):
+    from genkit.run import start_run
+    from genkit.train import TrainConfig
+    from tests.fault_helpers import TINY, write_images
+
+    images = write_images(tmp_path / "images", 32)
+    config = TrainConfig(epochs=1, batch_size=16, progress=False)
+    for noise, said in ((None, "dB model output, not trained as a denoiser (gaussian:0.5)"),
+                        ("gaussian:0.3", "dB denoised (gaussian:0.3)")):  # fmt: skip
+        lines: list[str] = []
+        start_run("ae", dict(TINY), config, str(images), out=tmp_path / str(noise), noise=noise, log=lines.append)
+        assert lines[-1].startswith("done: test MSE ") and said in lines[-1]
