@@ -297,7 +297,8 @@ def model_request(config: dict[str, Any], source: Path) -> tuple[str, dict[str, 
     for kind, entry in parts.items():
         if (
             not isinstance(entry, dict)
-            or not isinstance(entry.get("name"), (str, type(None)))
+            or "name" not in entry  # null says "the model's own part"; a missing name is damage
+            or not isinstance(entry["name"], (str, type(None)))
             or not isinstance(entry.get("options", {}), dict)
         ):
             raise CheckpointError(f"{source} is damaged: parts.{kind} must hold a name (or null) and options")
