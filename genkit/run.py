@@ -406,10 +406,11 @@ def _train_and_report(
         log(f"fitted the {model.prior.name or 'prior'} prior to the training codes")
     write_json(run_dir / METRICS_FILE, metrics)
     plot = _logging(config)["latent_plot"]
-    report.write_pictures(model, test, history, noise, run_dir, config["data"].get("noise"), plot)
+    trained_on = config["data"].get("noise")
+    report.write_pictures(model, test, history, noise, run_dir, trained_on, plot)
     if final:
         # a model not trained on noise has never seen noisy inputs: its output is no denoised image
-        output = "denoised" if config["data"].get("noise") else "model output, not trained as a denoiser"
+        output = "denoised" if trained_on else "model output, not trained as a denoiser"
         log(
             f"done: test MSE {final['mse']:.5f}, PSNR {final['psnr_noisy']:.1f} dB noisy -> "
             f"{final['psnr_denoised']:.1f} dB {output} ({noise.spec}); files in {run_dir}"
