@@ -56,7 +56,7 @@ def list_cmd(pattern: str | None, kind: str) -> None:
             listing.Row(info.name, info.distribution, broken=str(obj))
             if isinstance(obj, registry.FailedPlugin)
             else listing.Row(info.name, info.distribution, registry.describe(obj))
-            for info, obj in getattr(registry, kind).status()
+            for info, obj in registry.KINDS[kind].status()
         ]
         listing.save(group, rows)
     rows = [row for row in rows if pattern is None or fnmatch.fnmatch(row.name, pattern)]
@@ -90,13 +90,7 @@ def info(name: str, kind: str) -> None:
     """Describe plugin NAME: what it is, who provides it, its parts and every option with its default."""
     from genkit import registry
 
-    reg = getattr(registry, kind)
-    if name not in reg.names():  # e.g. a prior asked for as a model: name the --kind that has it
-        for other in KINDS:
-            if name in getattr(registry, other).names():
-                raise registry.UnknownPluginError(
-                    f"{name!r} is not one of the {kind} but one of the {other}: genkit info {name} --kind {other}"
-                )
+    reg = registry.KINDS[kind]
     obj = reg.load(name)
     click.echo(f"{name}: {registry.describe(obj)}")
     click.echo(f"provided by: {reg.info(name).distribution}")

@@ -174,10 +174,17 @@ class Registry:
         """The one plugin registered as ``name``; an error for unknown or doubly claimed names."""
         found = self._find()
         if name not in found:
+            kind = self.group.split(".")[-1]
+            for other in KINDS.values():  # e.g. a prior asked for as a model: name the kind that has it
+                if other.group != self.group and name in other.names():
+                    there = other.group.split(".")[-1]
+                    raise UnknownPluginError(
+                        f"unknown {kind} plugin {name!r}; it is one of the {there}: genkit info {name} --kind {there}"
+                    )
             close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
             close = close or [n for n in found if str(name).lower() == n.lower()]  # e.g. AE for ae
             hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(found)) or 'none'}"
-            raise UnknownPluginError(f"unknown {self.group.split('.')[-1]} plugin {name!r}; {hint}")
+            raise UnknownPluginError(f"unknown {kind} plugin {name!r}; {hint}")
         claims = found[name]
         if len(claims) > 1:
             owners = " and ".join(c.distribution for c in claims)
@@ -236,6 +243,10 @@ priors = Registry("genkit.priors", Prior)
 losses = Registry("genkit.losses", Loss)
 noise = Registry("genkit.noise", NoiseTransform)
 datasets = Registry("genkit.datasets", DatasetSource)
+#: every registry by its kind, as `genkit list --kind` names them
+KINDS: dict[str, Registry] = {
+    r.group.split(".")[-1]: r for r in (datasets, decoders, encoders, losses, models, noise, priors)
+}
 #: the registry of each part kind
 PARTS: dict[str, Registry] = {"encoder": encoders, "decoder": decoders, "prior": priors, "loss": losses}
 #: every registry (to refresh them all after installing a package at run time)

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 import genkit
-from genkit import checkpoint
-from genkit.cli import main
+from genkit import checkpoint, registry
+from genkit.cli import KINDS, main
+from genkit.errors import UnknownPluginError
 from tests.conftest import write_distribution
 
 
@@ -63,9 +64,16 @@ def test_info_of_a_part_kind(capsys):
     assert "--set loss.k=5" in out and "--loss iwae" in out
     # a name of another kind: the error names the --kind that has it
     code, _, err = run_cli(capsys, "info", "--kind", "priors", "vamp-vae")
-    assert code == 2 and "'vamp-vae' is not one of the priors but one of the models: " in err
+    assert code == 2 and "unknown priors plugin 'vamp-vae'; it is one of the models: " in err
     code, _, err = run_cli(capsys, "info", "autoregressive")
     assert code == 2 and err.strip().endswith("genkit info autoregressive --kind priors")
+    # the registry gives the hint, so genkit run and the library say the same
+    code, _, err = run_cli(capsys, "run", "gmm")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "unknown models plugin 'gmm'; it is one of the priors: genkit info gmm --kind priors" in err
+    with pytest.raises(UnknownPluginError, match="unknown models plugin 'autoregressive'; it is one of the priors"):
+        genkit.get_model("autoregressive")
+    assert set(KINDS) == set(registry.KINDS)  # the CLI's --kind choices are the registries
 
 
 def test_unknown_model_is_one_line_exit_2(capsys):
