@@ -275,7 +275,7 @@ def run(
         latent_plot = latent_plot or experiment.latent_plot
     if not model:
         raise click.UsageError("name a MODEL (see genkit list), give --config FILE, or --resume RUN_DIR")
-    config = _train_options(**{**train, "progress": not quiet})
+    config = _train_options(**{**train, "progress": False if quiet else None})
     where.update(out=out, overwrite=overwrite, parts=parts, tensorboard=tensorboard, latent_plot=latent_plot or "tsne")
     if relaunch:
         check_run(model, options, config, **where)  # user errors: one line here, not one per process

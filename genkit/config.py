@@ -176,7 +176,7 @@ class TrainConfig(Config):
     amp: bool | None = option(None, "bf16 autocast: null = on CUDA only, true = also on the CPU, false = never")
     compile: bool = option(False, "torch.compile the loss computation (pays off on GPUs for long runs)")
     channels_last: bool = option(False, "convert 4-d weights to channels-last (opt-in: a .view() after a conv fails)")
-    progress: bool = option(True, "show a progress bar")
+    progress: bool | None = option(None, "show a progress bar: null = when stderr is a terminal")
     eval_batch_size: int = option(1000, "images per batch when evaluating")
     workers: int = option(2, "DataLoader worker processes for a dataset streamed from disk (--stream)")
 

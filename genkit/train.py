@@ -280,9 +280,11 @@ class Trainer:
         model.train()
         sums: dict[str, torch.Tensor] = {}
         seen = 0
-        show = cfg.progress and distributed.is_main()
+        # None leaves it to tqdm: a bar on a terminal, none in a redirected log (its refreshes would fill the file)
+        hide = None if cfg.progress is None else not cfg.progress
+        hide = True if not distributed.is_main() else hide
         step_hooks = [c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end]
-        bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=hide, leave=False)
         with _NonFiniteGuard(self.optimizer, self.device, self.epoch + 1) as guard:
             for step, clean in enumerate(bar):
                 if cfg.binarize:  # dynamic binarisation: fresh Bernoulli draws of the grey levels every epoch
@@ -316,7 +318,7 @@ class Trainer:
                 # Reading a value waits for the device, so it happens only every `sync_every` steps.
                 if (step + 1) % self.sync_every == 0:
                     guard.raise_if_tripped()
-                    if show:
+                    if not bar.disable:  # tqdm decided: it may have found no terminal
                         bar.set_postfix({k: f"{v.item() / seen:.2f}" for k, v in sums.items()})
         names = sorted(sums)
         local = torch.stack([*(sums[k].cpu() for k in names), torch.tensor(float(seen))])

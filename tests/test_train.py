@@ -381,3 +381,13 @@ def test_per_step_callbacks_see_every_step_with_its_terms_and_lr(tiny_images):
     assert steps.seen[0].lr == pytest.approx(1e-3) and steps.seen[-1].lr < steps.seen[0].lr  # cosine decay
     assert all(s.images == 16 and set(s.terms) == {"reconstruction", "kl"} for s in steps.seen)
     assert not any(t.requires_grad for s in steps.seen for t in s.terms.values())
+
+
+def test_the_progress_bar_shows_on_a_terminal_only_unless_asked(tiny_images, capsys):
+    model = genkit.get_model("ae", latent=3, channels=4, hidden=16)
+    Trainer(model, TrainConfig(epochs=1, batch_size=16)).fit(data_of(tiny_images))  # default: stderr is no terminal
+    assert "epoch 1/1" not in capsys.readouterr().err
+    Trainer(model, TrainConfig(epochs=1, batch_size=16, progress=True)).fit(data_of(tiny_images))
+    assert "epoch 1/1" in capsys.readouterr().err
+    Trainer(model, TrainConfig(epochs=1, batch_size=16, progress=False)).fit(data_of(tiny_images))
+    assert "epoch 1/1" not in capsys.readouterr().err
