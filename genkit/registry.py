@@ -243,14 +243,10 @@ priors = Registry("genkit.priors", Prior)
 losses = Registry("genkit.losses", Loss)
 noise = Registry("genkit.noise", NoiseTransform)
 datasets = Registry("genkit.datasets", DatasetSource)
-#: every registry by its kind, as `genkit list --kind` names them
-KINDS: dict[str, Registry] = {
-    r.group.split(".")[-1]: r for r in (datasets, decoders, encoders, losses, models, noise, priors)
-}
 #: the registry of each part kind
 PARTS: dict[str, Registry] = {"encoder": encoders, "decoder": decoders, "prior": priors, "loss": losses}
-#: every registry (to refresh them all after installing a package at run time)
-REGISTRIES = (models, *PARTS.values(), noise, datasets)
+#: every registry by its kind, as `genkit list --kind` names them (to refresh them all after an install at run time)
+KINDS: dict[str, Registry] = {r.group.split(".")[-1]: r for r in (models, *PARTS.values(), noise, datasets)}
 
 
 def list_models(pattern: str | None = None) -> list[str]:

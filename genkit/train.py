@@ -281,8 +281,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         # None leaves it to tqdm: a bar on a terminal, none in a redirected log (its refreshes would fill the file)
-        hide = None if cfg.progress is None else not cfg.progress
-        hide = True if not distributed.is_main() else hide
+        hide = True if not distributed.is_main() else None if cfg.progress is None else not cfg.progress
         step_hooks = [c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end]
         bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=hide, leave=False)
         with _NonFiniteGuard(self.optimizer, self.device, self.epoch + 1) as guard:

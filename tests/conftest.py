@@ -82,10 +82,10 @@ def plugin_site(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    for reg in registry.REGISTRIES:
+    for reg in registry.KINDS.values():
         reg.refresh()
     yield site
-    for reg in registry.REGISTRIES:
+    for reg in registry.KINDS.values():
         reg.refresh()
     for name in list(sys.modules):
         if name.startswith("fake_"):

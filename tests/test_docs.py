@@ -195,7 +195,7 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
     module = types.ModuleType(f"genkit_docs_{page.stem.replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    registries = registry.REGISTRIES
+    registries = registry.KINDS.values()
     for reg in registries:  # the example plugin's folder may hold packaging metadata: find plugins afresh
         reg.refresh()
     known = {reg.group: set(reg.names()) for reg in registries}

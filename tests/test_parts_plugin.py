@@ -27,7 +27,7 @@ PROVIDED = [
     ("noise", "cutout"),
     ("models", "laplace-vae"),
 ]
-REGISTRIES = registry.REGISTRIES
+REGISTRIES = registry.KINDS.values()
 
 
 @pytest.fixture(scope="module")
