@@ -132,6 +132,11 @@ class Registry:
         self._loaded: dict[str, Any] = {}
         self._failed: dict[str, FailedPlugin] = {}  # so that a plugin that hangs costs its wait once
 
+    @property
+    def kind(self) -> str:
+        """The kind of plugin, as messages and ``genkit list --kind`` name it: ``priors`` for ``genkit.priors``."""
+        return self.group.split(".")[-1]
+
     def refresh(self) -> None:
         """Forget what was found and loaded (after installing a package at run time)."""
         self._found = None
@@ -174,12 +179,12 @@ class Registry:
         """The one plugin registered as ``name``; an error for unknown or doubly claimed names."""
         found = self._find()
         if name not in found:
-            kind = self.group.split(".")[-1]
+            kind = self.kind
             for other in KINDS.values():  # e.g. a prior asked for as a model: name the kind that has it
-                if other.group != self.group and name in other.names():
-                    there = other.group.split(".")[-1]
+                if other.kind != kind and name in other.names():
                     raise UnknownPluginError(
-                        f"unknown {kind} plugin {name!r}; it is one of the {there}: genkit info {name} --kind {there}"
+                        f"unknown {kind} plugin {name!r}; it is one of the {other.kind}: "
+                        f"genkit info {name} --kind {other.kind}"
                     )
             close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
             close = close or [n for n in found if str(name).lower() == n.lower()]  # e.g. AE for ae
@@ -246,7 +251,7 @@ datasets = Registry("genkit.datasets", DatasetSource)
 #: the registry of each part kind
 PARTS: dict[str, Registry] = {"encoder": encoders, "decoder": decoders, "prior": priors, "loss": losses}
 #: every registry by its kind, as `genkit list --kind` names them (to refresh them all after an install at run time)
-KINDS: dict[str, Registry] = {r.group.split(".")[-1]: r for r in (models, *PARTS.values(), noise, datasets)}
+KINDS: dict[str, Registry] = {r.kind: r for r in (models, *PARTS.values(), noise, datasets)}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
