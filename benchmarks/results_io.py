@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from genkit.train import device_name
 
 #: where every benchmark writes its JSON record and markdown table (``--results`` changes it, where offered)
 RESULTS = Path(__file__).parent / "results"
+#: the checkout whose commit a record names
+ROOT = Path(__file__).parent.parent
 
 
 def write_results(path: Path, record: dict[str, Any], table: str) -> None:
@@ -23,8 +26,23 @@ def write_results(path: Path, record: dict[str, Any], table: str) -> None:
     print(table)
 
 
-def provenance(device: torch.device | str) -> dict[str, str]:
+def provenance(device: torch.device | str) -> dict[str, str | None]:
     """What a record's numbers were measured on and with: the device, its name, torch's and genkit's versions."""
     device = torch.device(device)
     return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-            "genkit": genkit.__version__}  # fmt: skip
+            "genkit": genkit.__version__, "commit": source_commit()}  # fmt: skip
+
+
+def source_commit(root: Path = ROOT) -> str | None:
+    """The git commit of the measuring code, with ``+changes`` when its tracked files (results aside) differ from
+    it; None outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + "+changes" * bool(changed)

@@ -259,6 +259,8 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             "options": entry.options,
             "train_noise": entry.noise,
             "device_name": record["device_name"],
+            "genkit": record["genkit"],
+            "commit": record["commit"],  # rows of one file may come from different checkouts
             "wall_seconds": wall,
             "images_per_second": len(train) * len(history) / train_seconds,
             **score(trainer, train, test, protocol, reference, entry.sample),

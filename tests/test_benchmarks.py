@@ -2,12 +2,14 @@
 
 import json
 import math
+import shutil
+import subprocess
 
 import pytest
 import torch
 
 import genkit
-from benchmarks import speed, suite
+from benchmarks import results_io, speed, suite
 from genkit import fid
 
 
@@ -46,6 +48,7 @@ def test_quality_suite_on_a_tiny_protocol(data_dir, fid_weights, tmp_path, monke
     table = out.with_suffix(".md").read_text()
     assert f"| ae | {row['test_mse']:.4f} | {row['fid']['prior']:.1f} | {row['fid']['gmm']:.1f} | — |" in table
     assert row["nll"] is None and "| NLL nats (K=4) |" in table  # an autoencoder has no likelihood
+    assert row["genkit"] == genkit.__version__ and row["commit"] == saved["commit"] == results_io.source_commit()
 
     # a later run of other rows of the same protocol adds to the file; a row run again replaces its old self
     # an entry may set its own latent, and a denoiser's row may skip sampling: its FID cells are —
@@ -111,6 +114,29 @@ def test_rows_of_an_earlier_file_keep_the_machine_they_ran_on(tmp_path):
     # another set of ex-post priors only adds or drops columns: the rows stay
     more = {"name": "full", **suite.LATER_FIELDS, "ex_post": ["gmm", "diffusion"]}
     assert [r["label"] for r in suite._earlier_rows(out, more, "cpu")] == ["ae", "vae-conv"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_record_names_the_commit_it_was_measured_at_and_whether_the_code_differed(tmp_path):
+    assert results_io.source_commit(tmp_path) is None  # not a git checkout
+
+    def git(*args: str) -> str:
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}\n")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    head = git("rev-parse", "HEAD")
+    assert results_io.source_commit(tmp_path) == head
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text('{"rows": 1}\n')  # what a benchmark writes
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert results_io.source_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results_io.source_commit(tmp_path) == head + "+changes"
 
 
 def test_an_ex_post_column_reuses_the_fid_of_the_same_fitted_own_prior():
