@@ -27,7 +27,8 @@ def write_results(path: Path, record: dict[str, Any], table: str) -> None:
 
 
 def provenance(device: torch.device | str) -> dict[str, str | None]:
-    """What a record's numbers were measured on and with: the device, its name, torch's and genkit's versions."""
+    """What a record's numbers were measured on and with: the device, its name, torch's and genkit's versions and
+    the git commit of the code (``source_commit``)."""
     device = torch.device(device)
     return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
             "genkit": genkit.__version__, "commit": source_commit()}  # fmt: skip
