@@ -281,7 +281,9 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         # None leaves it to tqdm: a bar on a terminal, none in a redirected log (its refreshes would fill the file)
-        hide = True if not distributed.is_main() else None if cfg.progress is None else not cfg.progress
+        hide = None if cfg.progress is None else not cfg.progress
+        if not distributed.is_main():  # one bar per job: the other processes' would overwrite it
+            hide = True
         step_hooks = [c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end]
         bar = tqdm(batches, total=count, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=hide, leave=False)
         with _NonFiniteGuard(self.optimizer, self.device, self.epoch + 1) as guard:
