@@ -115,13 +115,16 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
     measured = {r["label"]: r for r in full["results"]}
     nll_rows = nll["results"] if nll else []
     nll_by_label = {r["label"]: r for r in nll_rows}
-    nll_labels = {e.label for e in PROTOCOLS["nll"].entries}
+    nll_entries = {e.label: {"model": e.model, "train_noise": e.noise} for e in PROTOCOLS["nll"].entries}
+    nll_labels = set(nll_entries)
     entries = {e.label: {"model": e.model, "train_noise": e.noise} for e in PROTOCOLS["full"].entries}
     anchors = ANCHORS.get(dataset, {})
     rows = []
-    for label in [*entries, *(x for x in measured if x not in entries)]:  # then rows of entries since dropped
+    # the full protocol's entries, then rows of entries since dropped, then the nll protocol's own entries
+    labels = [*entries, *(x for x in measured if x not in entries)]
+    for label in [*labels, *(x for x in nll_entries if x not in labels)]:
         row = measured.get(label)
-        entry = row or entries[label]
+        entry = row or entries.get(label) or nll_entries[label]
         scored = nll_by_label.get(label, {}).get("nll") if label in nll_labels else None
         rows.append(
             {
@@ -133,6 +136,7 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
                 "psnr_gaussian_0.5": row and row["psnr"]["gaussian:0.5"]["output"],
                 "nll": scored and {"nats": scored["nats"], "stderr": scored["stderr"]},
                 "in_nll_protocol": label in nll_labels,
+                "in_full_protocol": label in entries or row is not None,
                 "published": [] if entry.get("train_noise") else anchors.get(entry["model"], []),
             }
         )
@@ -153,8 +157,9 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
     }
 
 
-def _cell(value: float | None, digits: int, measured: bool) -> str:
-    return f"{value:.{digits}f}" if value is not None else "—" if measured else "not run"
+def _cell(value: float | None, digits: int, measured: bool | None) -> str:
+    """A figure; "—" where none is due (``measured`` None: not in the protocol); "not run" where one is due."""
+    return f"{value:.{digits}f}" if value is not None else "—" if measured in (True, None) else "not run"
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -166,7 +171,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"Made by `python -m benchmarks.scoreboard --dataset {d} --device {dev}` from the rows of "
         f"`{d}-{dev}.md` (protocol `full`: test MSE, FIDs, PSNR) and `{d}-{dev}-nll.md` (protocol `nll`: the "
         "importance-sampled NLL on binarised images); each row of those tables names the command that made it. "
-        "*not run*: the protocol has the entry but no row yet; —: the model has no such figure. Published "
+        "*not run*: the protocol has the entry but no row yet; —: the model has no such figure, or its entry is "
+        "in the `nll` protocol only. Published "
         "figures were measured under the papers' own protocols and networks, so they are anchors, not ties.",
         "",
     ]
@@ -182,8 +188,8 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
-        m, fid = r["measured"], r["fid"] or {}
-        own = own_prior_cell({"fid": fid, "prior": r["own_prior"]}) if m else "not run"
+        m, fid = (r["measured"] if r["in_full_protocol"] else None), r["fid"] or {}
+        own = own_prior_cell({"fid": fid, "prior": r["own_prior"]}) if m else _cell(None, 1, m)
         nll = r["nll"]
         nll_cell = f"{nll['nats']:.2f} ± {nll['stderr']:.2f}" if nll else "not run" if r["in_nll_protocol"] else "—"
         published = "; ".join(f"{what} {value:g} ({source})" for what, value, source in r["published"]) or "—"
