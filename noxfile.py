@@ -102,6 +102,13 @@ def bench_priors(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.priors", *session.posargs)
 
 
+@nox.session(name="bench-likelihood")
+def bench_likelihood(session: nox.Session) -> None:
+    """ae reconstruction likelihoods scored by held-out reconstruction MSE (never the test split)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "benchmarks.likelihood", *session.posargs)
+
+
 @nox.session(name="bench-denoiser")
 def bench_denoiser(session: nox.Session) -> None:
     """Denoisers: autoencoder architectures scored by PSNR on noisy held-out training images (never the test split)."""

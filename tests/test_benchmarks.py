@@ -299,6 +299,28 @@ def test_a_holdout_the_training_images_cannot_give_is_a_usage_error(data_dir, tm
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
+def test_likelihood_benchmark_scores_each_likelihood_by_held_out_mse(data_dir, tmp_path, capsys):
+    from benchmarks import likelihood
+
+    args = ["--limit", "300", "--holdout", "100", "--epochs", "1", "--device", "cpu", "--results", str(tmp_path)]
+    record = likelihood.main([*args, "--candidates", "bernoulli,gaussian"])
+    assert record["train_images"] == 200 and record["validation_images"] == 100
+    results = {r["candidate"]: r for r in record["results"]}
+    assert [r["options"] for r in results.values()] == [
+        {"latent": 16, "loss.likelihood": "bernoulli"},
+        {"latent": 16, "loss.likelihood": "gaussian"},
+    ]
+    mse = [r["validation_mse"] for r in results.values()]
+    assert all(0 < m < 1 for m in mse) and mse[0] != mse[1]  # the option reached the loss: different training
+    table = (tmp_path / "likelihood-mnist-cpu.md").read_text()
+    assert table.count("| **") == 1 and f"| **{likelihood.best(record)}** |" in table
+    assert 'python -m benchmarks.likelihood --dataset mnist --epochs 1 --candidates "bernoulli,gaussian"' in table
+    with pytest.raises(SystemExit) as exit:
+        likelihood.main([*args, "--candidates", "poisson"])
+    assert exit.value.code == 2
+    assert "unknown candidate(s) poisson; known: bernoulli, gaussian" in capsys.readouterr().err
+
+
 def test_denoiser_benchmark_scores_every_candidate_on_noisy_held_out_training_images(data_dir, tmp_path):
     from benchmarks import denoiser
 
