@@ -115,9 +115,10 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
     measured = {r["label"]: r for r in full["results"]}
     nll_rows = nll["results"] if nll else []
     nll_by_label = {r["label"]: r for r in nll_rows}
-    nll_entries = {e.label: {"model": e.model, "train_noise": e.noise} for e in PROTOCOLS["nll"].entries}
-    nll_labels = set(nll_entries)
-    entries = {e.label: {"model": e.model, "train_noise": e.noise} for e in PROTOCOLS["full"].entries}
+    entries, nll_entries = (
+        {e.label: {"model": e.model, "train_noise": e.noise} for e in PROTOCOLS[protocol].entries}
+        for protocol in ("full", "nll")
+    )
     anchors = ANCHORS.get(dataset, {})
     rows = []
     # the full protocol's entries, then rows of entries since dropped, then the nll protocol's own entries
@@ -125,7 +126,7 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
     for label in [*labels, *(x for x in nll_entries if x not in labels)]:
         row = measured.get(label)
         entry = row or entries.get(label) or nll_entries[label]
-        scored = nll_by_label.get(label, {}).get("nll") if label in nll_labels else None
+        scored = nll_by_label.get(label, {}).get("nll") if label in nll_entries else None
         rows.append(
             {
                 "label": label,
@@ -135,7 +136,7 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
                 "own_prior": row and row.get("prior", "normal"),
                 "psnr_gaussian_0.5": row and row["psnr"]["gaussian:0.5"]["output"],
                 "nll": scored and {"nats": scored["nats"], "stderr": scored["stderr"]},
-                "in_nll_protocol": label in nll_labels,
+                "in_nll_protocol": label in nll_entries,
                 "in_full_protocol": label in entries or row is not None,
                 "published": [] if entry.get("train_noise") else anchors.get(entry["model"], []),
             }
