@@ -99,9 +99,8 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    heldout.add_arguments(parser)
+    heldout.add_arguments(parser, CANDIDATES)
     parser.add_argument("--noise", default="gaussian:0.5", help="the noise spec trained on and scored")
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset, by name")
     args = parser.parse_args(argv)
     candidates = heldout.chosen(parser, args.candidates, CANDIDATES)
     device = select_device(args.device)

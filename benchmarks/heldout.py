@@ -18,14 +18,16 @@ from genkit.data import ImageData, load_dataset
 from genkit.train import TrainConfig, Trainer
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every held-out benchmark takes."""
+def add_arguments(parser: argparse.ArgumentParser, candidates: dict[str, Any] | None = None) -> None:
+    """The options every held-out benchmark takes (and ``--candidates``, a subset of ``candidates``, if given)."""
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     parser.add_argument("--holdout", type=int, default=10_000, help="last training images held out for scoring")
     parser.add_argument("--limit", type=int, help="use only the first N training images (tests)")
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="[default: genkit run's]")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    if candidates is not None:
+        parser.add_argument("--candidates", default=",".join(candidates), help="comma-separated subset, by name")
 
 
 def holdout(train: ImageData, n: int) -> tuple[ImageData, ImageData]:

@@ -96,8 +96,7 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    heldout.add_arguments(parser)
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset, by name")
+    heldout.add_arguments(parser, CANDIDATES)
     args = parser.parse_args(argv)
     candidates = heldout.chosen(parser, args.candidates, CANDIDATES)
     device = select_device(args.device)

@@ -135,10 +135,9 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    heldout.add_arguments(parser)
+    heldout.add_arguments(parser, CANDIDATES)
     parser.add_argument("--model", default="ae", help="the registered model whose codes the priors fit")
     parser.add_argument("--samples", type=int, default=5000, help="samples per prior scored by FID")
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset, by name")
     args = parser.parse_args(argv)
     candidates = heldout.chosen(parser, args.candidates, CANDIDATES)
     if args.samples < 2:
