@@ -4,7 +4,7 @@ reconstructions of those held-out images. The test split is never read, so a lik
 on the test set. The ae's default is the Bernoulli likelihood (cross-entropy on grey levels); a Gaussian one with
 a fixed sigma trains on the squared error itself.
 
-    python -m benchmarks.likelihood --dataset mnist --candidates bernoulli,gaussian   # ~10 min on a 2-core CPU
+    python -m benchmarks.likelihood --dataset mnist --candidates bernoulli,gaussian   # ~8 min on a 2-core CPU
 
 Results go to ``benchmarks/results/likelihood-<dataset>-<device>.json`` and a markdown table beside it.
 """
