@@ -14,9 +14,12 @@ time and images/s. Results go to
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +29,14 @@ import torch
 import genkit
 from benchmarks.results_io import RESULTS, provenance, write_results
 from genkit import fid
+from genkit.checkpoint import load_checkpoint, save_checkpoint
 from genkit.data import ImageData, binarize, load_dataset
+from genkit.errors import ConfigError, GenkitError
 from genkit.evaluate import estimate_nll, nll_unavailable
+from genkit.files import cache_root
 from genkit.priors import fit_prior
 from genkit.report import draw_samples
-from genkit.train import TrainConfig, Trainer
+from genkit.train import Callback, TrainConfig, Trainer
 
 DENOISING = ("gaussian:0.3", "gaussian:0.5", "gaussian:0.7", "salt-pepper:0.1", "salt-pepper:0.3", "masking:0.5")
 
@@ -178,32 +184,41 @@ def score(
     protocol: Protocol,
     reference: tuple | None,
     sample: bool = True,
+    done: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] = lambda scores: None,
 ) -> dict[str, Any]:
     """MSE, denoising PSNR (through the trainer's own evaluation) and FID (the model's own prior and the ex-post
-    ones; none unless ``sample``)."""
+    ones; none unless ``sample``). Scores already in ``done`` (a resumed row's) are kept, and ``checkpoint`` gets
+    the scores so far after each new one."""
     model, device = trainer.model, trainer.device
-    result: dict[str, Any] = {"psnr": {}, "prior": model.prior.name}
-    for spec in DENOISING:
-        scores = trainer.evaluate(test, genkit.get_noise(spec))
-        result["test_mse"] = scores["mse"]  # the same for every noise: reconstructions of the clean images
-        result["psnr"][spec] = {"noisy": scores["psnr_noisy"], "output": scores["psnr_denoised"]}
-    if protocol.nll_samples:
+    result: dict[str, Any] = {"prior": model.prior.name, "fid": {}, **(done or {})}
+    if "psnr" not in result:
+        result["psnr"] = {}
+        for spec in DENOISING:
+            scores = trainer.evaluate(test, genkit.get_noise(spec))
+            result["test_mse"] = scores["mse"]  # the same for every noise: reconstructions of the clean images
+            result["psnr"][spec] = {"noisy": scores["psnr_noisy"], "output": scores["psnr_denoised"]}
+        checkpoint(result)
+    if protocol.nll_samples and "nll" not in result:
         reason = nll_unavailable(model)
         # a model trained on binary images is scored on one fixed binarisation, as the trainer's evaluation does
         images = binarize(test.images, protocol.seed) if protocol.binarize else test.images
         result["nll"] = None if reason else asdict(estimate_nll(model, images, protocol.nll_samples))
-    result["fid"] = {}
+        checkpoint(result)
     own = model.prior
     for prior in ("prior", *protocol.ex_post) if sample else ():
+        if prior in result["fid"]:
+            continue
         if prior != "prior":
             options = {"components": protocol.gmm_components} if prior == "gmm" else {}
             if _same_prior(own, prior, options):  # rae's own prior is this one, fitted alike: same samples
                 result["fid"][prior] = result["fid"]["prior"]
                 continue
-            fit_prior(model, prior, train.images, **options)
+            fit_prior(model, prior, train.images, **options)  # seeded: a resumed row fits the same prior
         samples = draw_samples(model, protocol.fid_samples, seed=protocol.seed, chunk=1000)  # as rows before 0.3
         mu, sigma = fid.feature_statistics(samples, device=device, progress=sys.stderr.isatty())
         result["fid"][prior] = fid.frechet_distance(mu, sigma, *reference)
+        checkpoint(result)
     return result
 
 
@@ -246,13 +261,29 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             channels_last=True,  # as the earlier rows trained (it was the default before genkit 0.2)
             progress=sys.stderr.isatty(),
         )
-        started = time.perf_counter()
         trainer = Trainer(model, config, noise=genkit.get_noise(entry.noise) if entry.noise else None)
-        history = trainer.fit(train)
-        if model.prior.fitted_after_training:  # the model's own prior is ex-post (rae: gmm): fitted as genkit run does
-            model.prior.fit(model.codes(train.images))
-        wall = time.perf_counter() - started
-        train_seconds = sum(r["train_seconds"] for r in history)
+        row_state = PartialRow(out, entry, {"protocol": settings, "device": str(device), "commit": record["commit"]})
+        state = row_state.load()
+        wall, scores, resumed = 0.0, None, None
+        if state is not None:
+            trainer.load_state_dict(state)
+            wall, scores = state["wall"], state["scores"]
+            resumed = f"epoch {trainer.epoch}" if scores is None else f"scoring ({_scored(scores)} done)"
+            print(f"   resumed at {resumed} from {row_state.path}", flush=True)
+        if scores is None:
+            started = time.perf_counter()
+            trainer.callbacks.append(_SaveEachEpoch(row_state, wall - started))
+            trainer.fit(train)
+            if model.prior.fitted_after_training:  # the own prior is ex-post (rae: gmm): fitted as genkit run does
+                model.prior.fit(model.codes(train.images))
+            wall += time.perf_counter() - started
+            scores = {}
+            # the trained state, kept before scoring installs the ex-post priors, is what a resume starts from
+            state = trainer.state_dict()
+            row_state.save(state, wall, scores)
+        checkpoint = functools.partial(row_state.save, state, wall)
+        scores = score(trainer, train, test, protocol, reference, entry.sample, scores, checkpoint)
+        history = trainer.history
         row = {
             "label": entry.label,
             "model": entry.model,
@@ -262,14 +293,68 @@ def run(protocol: Protocol, device: torch.device, out: Path) -> dict[str, Any]:
             "genkit": record["genkit"],
             "commit": record["commit"],  # rows of one file may come from different checkouts
             "wall_seconds": wall,
-            "images_per_second": len(train) * len(history) / train_seconds,
-            **score(trainer, train, test, protocol, reference, entry.sample),
+            "images_per_second": len(train) * len(history) / sum(r["train_seconds"] for r in history),
+            **scores,
         }
+        if resumed:
+            row["resumed_at"] = resumed  # wall s and img/s count the finished epochs of every attempt once
         print(json.dumps(row), flush=True)
         record["results"] = [r for r in record["results"] if r["label"] != row["label"]] + [row]
         # written after every model, so that a run cut short still leaves the rows it finished
         write_results(out, record, markdown(record))
+        row_state.remove()
     return record
+
+
+class PartialRow:
+    """A row's progress, kept in genkit's cache so that a run cut short (a lost session, a killed job) resumes
+    the row where it stopped: the training state after each epoch, then the scores as they are made.
+
+    A file belongs to one protocol, device and commit (its ``stamp``); since every epoch and every score is
+    seeded, a resumed row gets the numbers an uninterrupted one would.
+    """
+
+    def __init__(self, out: Path, entry: Entry, stamp: dict[str, Any]) -> None:
+        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", entry.label).strip("._")
+        self.path = cache_root() / "benchmark-rows" / out.stem / f"{name}.pt"
+        self.stamp = stamp
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, None if there is none; one of other code or settings is a ``ConfigError``."""
+        if not self.path.exists():
+            return None
+        state = load_checkpoint(self.path)
+        theirs = state.get("stamp", {})
+        if theirs != self.stamp:
+            what = f"commit {theirs.get('commit')}" if theirs.get("commit") != self.stamp["commit"] else "settings"
+            raise ConfigError(
+                f"{self.path} holds this row half done with other {what}; run the suite from that checkout to "
+                "finish it, or delete the file to start the row again"
+            )
+        return state
+
+    def save(self, trainer_state: dict[str, Any], wall: float, scores: dict[str, Any] | None) -> None:
+        """Write the trainer's state with the training wall time so far and the scores made (None: training)."""
+        save_checkpoint(self.path, {**trainer_state, "stamp": self.stamp, "wall": wall, "scores": scores})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _SaveEachEpoch(Callback):
+    """Saves the row's training state after every epoch; ``offset + perf_counter()`` is its wall time so far."""
+
+    def __init__(self, partial: PartialRow, offset: float) -> None:
+        self.partial, self.offset = partial, offset
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.partial.save(trainer.state_dict(), self.offset + time.perf_counter(), None)
+
+
+def _scored(scores: dict[str, Any]) -> str:
+    """What a resumed row has scored already, in words: ``"PSNR, FID prior"``, or ``"nothing"``."""
+    done = ["PSNR"] * ("psnr" in scores) + ["NLL"] * ("nll" in scores)
+    return ", ".join(done + [f"FID {prior}" for prior in scores.get("fid", {})]) or "nothing"
 
 
 def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -378,7 +463,10 @@ def main(argv: list[str] | None = None) -> None:
 
     device = select_device(args.device)
     suffix = "" if protocol.name == "full" else f"-{protocol.name}"
-    run(protocol, device, RESULTS / f"{args.dataset}-{device.type}{suffix}.json")
+    try:
+        run(protocol, device, RESULTS / f"{args.dataset}-{device.type}{suffix}.json")
+    except GenkitError as exc:  # bad data, a stale or corrupt partial row: one line, the finished rows are written
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ import torch
 import genkit
 from benchmarks import results_io, speed, suite
 from genkit import fid
+from genkit.checkpoint import load_checkpoint, save_checkpoint
+from genkit.errors import ConfigError
+from genkit.files import cache_root
 
 
 @pytest.fixture
@@ -97,6 +100,69 @@ def test_the_binarised_protocol_scores_the_nll_of_binary_test_images(data_dir, f
     assert "(dynamically binarised)" in table and f"| {row['nll']['nats']:.2f} ± " in table
     assert 'suite --protocol tiny-binarised --dataset mnist --device cpu --labels "MODEL"`' in table
     assert suite.PROTOCOLS["nll"].binarize and suite.PROTOCOLS["nll"].nll_samples == 1000
+
+
+def test_a_row_cut_short_resumes_where_it_stopped_with_the_numbers_of_an_uninterrupted_run(
+    data_dir, fid_weights, tmp_path, monkeypatch, capsys
+):
+    protocol = suite.Protocol(
+        "tiny-resume",
+        epochs=2,
+        train_limit=1024,
+        test_limit=32,
+        fid_samples=32,
+        gmm_components=2,  # not rae's own 10: a column of its own
+        ex_post=("gmm",),
+        entries=[suite.Entry("rae")],  # its own prior is fitted after training: the saved state must hold it
+    )
+    cpu = torch.device("cpu")
+    whole = suite.run(protocol, cpu, tmp_path / "whole.json")["results"][0]
+    assert "resumed_at" not in whole and not list((cache_root() / "benchmark-rows").rglob("*.pt"))
+
+    class Killed(Exception):
+        pass
+
+    def kill_on(patch, owner, name: str, call: int) -> list[int]:
+        """The ``call``-th call of ``owner.name`` stops the run, as a killed job does; returns the calls made."""
+        real, calls = getattr(owner, name), []
+
+        def stopping(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == call:
+                raise Killed
+            return real(*args, **kwargs)
+
+        patch.setattr(owner, name, stopping)
+        return calls
+
+    out = tmp_path / "cut.json"
+    with monkeypatch.context() as patch:
+        kill_on(patch, suite.Trainer, "train_epoch", 2)
+        with pytest.raises(Killed):
+            suite.run(protocol, cpu, out)
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        kill_on(patch, suite.fid, "feature_statistics", 2)  # in the gmm column, after the own prior's
+        with pytest.raises(Killed):
+            suite.run(protocol, cpu, out)
+    assert "resumed at epoch 1 from " in capsys.readouterr().out and not out.exists()
+    path = suite.PartialRow(out, protocol.entries[0], {}).path
+    saved = load_checkpoint(path)
+    assert saved["epoch"] == 2 and set(saved["scores"]["fid"]) == {"prior"} and "psnr" in saved["scores"]
+    # a half-done row from other code is not mixed into this code's numbers
+    save_checkpoint(path, {**saved, "stamp": {**saved["stamp"], "commit": "0ther"}})
+    with pytest.raises(ConfigError, match="half done with other commit 0ther; run the suite from that checkout"):
+        suite.PartialRow(out, protocol.entries[0], saved["stamp"]).load()
+    save_checkpoint(path, saved)
+
+    with monkeypatch.context() as patch:
+        calls = kill_on(patch, suite.fid, "feature_statistics", 0)
+        row = suite.run(protocol, cpu, out)["results"][0]
+    assert "resumed at scoring (PSNR, FID prior done) from " in capsys.readouterr().out
+    assert len(calls) == 1 and row["resumed_at"] == "scoring (PSNR, FID prior done)"  # only the gmm column ran
+    assert row["test_mse"] == whole["test_mse"] and row["psnr"] == whole["psnr"]
+    assert row["fid"] == pytest.approx(whole["fid"], rel=1e-6) and set(row["fid"]) == {"prior", "gmm"}
+    assert row["images_per_second"] > 0 and row["wall_seconds"] > 0 and not path.exists()
 
 
 def test_rows_of_an_earlier_file_keep_the_machine_they_ran_on(tmp_path):
