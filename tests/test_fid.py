@@ -251,6 +251,25 @@ def blobs(n: int, channels: int, size: int, seed: int) -> torch.Tensor:
     return (blob * colour).clamp(0, 1)
 
 
+def test_folding_batch_norms_into_convolutions_keeps_the_function():
+    from torchvision.models.inception import BasicConv2d
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(BasicConv2d(3, 8, kernel_size=3, stride=2, padding=1), BasicConv2d(8, 4, kernel_size=1))
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # trained-looking statistics
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.normal_()
+        bn.bias.data.normal_()
+    x = torch.randn(2, 3, 17, 17)
+    with torch.no_grad():
+        expected = net.eval()(x)
+        got = gfid._fold_batch_norms(net)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert all(m.conv.bias is not None for m in net)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_fid_on_tensors_equals_pytorch_fid_on_pngs(inception_weights, tmp_path, monkeypatch):
     from pytorch_fid import fid_score
 
