@@ -3,8 +3,8 @@ quality targets, each reported as met or missed. It trains nothing: it reads the
 
     python -m benchmarks.scoreboard --dataset mnist --device cpu
 
-reads ``<dataset>-<device>.json`` (protocol ``full``) and ``<dataset>-<device>-nll.json`` (protocol ``nll``) and
-writes ``<dataset>-<device>-scoreboard.json`` and a markdown table beside them.
+reads ``<dataset>-<device>.json`` (protocol ``full``) and ``<dataset>-<device>-nll.json`` (protocol ``nll``), either
+of which may be missing, and writes ``<dataset>-<device>-scoreboard.json`` and a markdown table beside them.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def _load(path: Path) -> dict[str, Any]:
         raise SystemExit(f"error: {path} is not valid JSON ({exc}): run the suite again to rewrite it") from None
 
 
-def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -> dict[str, Any]:
-    """The scoreboard's record: a row per full-protocol entry (measured or not yet) and each target's verdict."""
-    measured = {r["label"]: r for r in full["results"]}
+def scoreboard(full: dict[str, Any] | None, nll: dict[str, Any] | None, dataset: str) -> dict[str, Any]:
+    """The scoreboard's record: a row per full-protocol entry (measured or not yet) and each target's verdict;
+    ``full`` or ``nll`` (the two protocols' results) may be None, not both."""
+    measured = {r["label"]: r for r in full["results"]} if full else {}
     nll_rows = nll["results"] if nll else []
     nll_by_label = {r["label"]: r for r in nll_rows}
     entries, nll_entries = (
@@ -149,8 +150,8 @@ def scoreboard(full: dict[str, Any], nll: dict[str, Any] | None, dataset: str) -
                         "met": met, "digits": t.digits})  # fmt: skip
     return {
         "dataset": dataset,
-        "device": full["device"],
-        "full": {k: full[k] for k in ("protocol", "fid_protocol", "device_name", "torch", "genkit")},
+        "device": (full or nll)["device"],
+        "full": full and {k: full[k] for k in ("protocol", "fid_protocol", "device_name", "torch", "genkit")},
         "nll_protocol": nll and nll["protocol"],
         "sources": SOURCES,
         "targets": targets,
@@ -213,9 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # a file made elsewhere is read as well here: only "auto" looks at this machine's devices
     stem = f"{args.dataset}-{select_device().type if args.device == 'auto' else args.device}"
-    full = _load(args.results / f"{stem}.json")
-    nll_path = args.results / f"{stem}-nll.json"
+    full_path, nll_path = args.results / f"{stem}.json", args.results / f"{stem}-nll.json"
     nll = _load(nll_path) if nll_path.exists() else None
+    full = _load(full_path) if full_path.exists() or nll is None else None  # nll rows alone: the rest "not run"
     record = scoreboard(full, nll, args.dataset)
     write_results(args.results / f"{stem}-scoreboard.json", record, markdown(record))
 
