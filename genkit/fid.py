@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy import linalg
 from torch import Tensor
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm.auto import tqdm
 
 from genkit.errors import DataError, ShapeError
@@ -242,18 +243,8 @@ def _fold_batch_norms(net: torch.nn.Module) -> torch.nn.Module:
     """
     for block in net.modules():  # InceptionV3's BasicConv2d: relu(bn(conv(x)))
         conv, bn = getattr(block, "conv", None), getattr(block, "bn", None)
-        foldable = isinstance(bn, torch.nn.BatchNorm2d) and bn.affine and bn.running_var is not None
-        if not (isinstance(conv, torch.nn.Conv2d) and conv.bias is None and foldable):
-            continue
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        folded = torch.nn.Conv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, bias=True,
-        )  # fmt: skip
-        with torch.no_grad():
-            folded.weight.copy_(conv.weight * scale[:, None, None, None])
-            folded.bias.copy_(bn.bias - bn.running_mean * scale)
-        block.conv, block.bn = folded, torch.nn.Identity()
+        if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.running_var is not None:
+            block.conv, block.bn = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
     return net
 
 
