@@ -14,7 +14,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
@@ -36,6 +36,14 @@ TIMEOUT_ENV = "GENKIT_PLUGIN_IMPORT_TIMEOUT"
 VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*")
 OWN_DISTRIBUTION = "genkit"
 LOCAL = "<local>"
+
+
+def _close_names(name: str, known: Iterable[str]) -> list[str]:
+    """Up to three known names a typo most likely meant: similar (difflib ratio ≥ 0.6) and within 0.2 of the best,
+    so that ``betavae`` suggests beta-vae and beta-tcvae but not aae, and ``gausian`` no unrelated prior."""
+    scored = sorted(((difflib.SequenceMatcher(None, name, k).ratio(), k) for k in known), reverse=True)
+    scored = [(r, k) for r, k in scored if r >= 0.6]
+    return [k for r, k in scored[:3] if r >= scored[0][0] - 0.2]
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,7 @@ class Registry:
                         f"unknown {kind} plugin {name!r}; it is one of the {other.kind}: "
                         f"genkit info {name} --kind {other.kind}"
                     )
-            close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
+            close = _close_names(str(name), found)
             close = close or [n for n in found if str(name).lower() == n.lower()]  # e.g. AE for ae
             hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(found)) or 'none'}"
             raise UnknownPluginError(f"unknown {kind} plugin {name!r}; {hint}")

@@ -58,9 +58,18 @@ def test_bad_latent_rejected(value):
         genkit.get_model("vae-conv", latent=value)
 
 
-def test_unknown_model_suggests_close_names():
-    with pytest.raises(PluginError, match="did you mean vae-conv"):
-        genkit.get_model("vae-cnv")
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: genkit.get_model("vae-cnv"), "did you mean vae-conv?"),
+        (lambda: genkit.get_model("betavae"), "did you mean beta-vae, beta-tcvae?"),  # not aae, a worse match
+        (lambda: genkit.get_prior("gausian", 4), "known: autoregressive, categorical, diffusion, factorized, gmm"),
+    ],
+)
+def test_unknown_name_suggests_only_close_names(make, message):
+    with pytest.raises(PluginError) as caught:
+        make()
+    assert message in str(caught.value)
 
 
 def test_third_party_plugin_lists_and_builds(plugin_site):
