@@ -216,10 +216,11 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------
 
-    def learning_rate(self, progress: float) -> float:
-        """The learning rate after ``progress`` epochs: the warm-up ramp times the schedule."""
+    def learning_rate(self, progress: float, step: float = 0.0) -> float:
+        """The learning rate of a step that starts after ``progress`` epochs and lasts ``step`` epochs: the warm-up
+        ramp at the step's end (so that the first step is not of size 0) times the schedule at its start."""
         cfg = self.config
-        lr = cfg.lr * ramp(progress, cfg.lr_warmup)
+        lr = cfg.lr * ramp(progress + step, cfg.lr_warmup)
         if cfg.lr_schedule == "cosine":
             return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress / cfg.epochs)))
         return lr
@@ -294,20 +295,21 @@ class Trainer:
                 progress = self.epoch + step / count
                 with self.autocast():
                     loss, terms = self.loss_module(noisy, clean, draws, progress)
+                lr = self.learning_rate(progress, 1 / count)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.learning_rate(progress)
+                    group["lr"] = lr
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 guard.check(step, loss)  # on the device: the optimizer itself skips a non-finite step
                 self.optimizer.step()
                 if self.adversary_optimizer is not None:
-                    terms = {**terms, **self._adversary_step(noisy, clean, draws, progress)}
+                    terms = {**terms, **self._adversary_step(noisy, clean, draws, progress, lr)}
                 if step_hooks:
                     done = Step(
                         self.epoch * count + step + 1,
                         self.epoch + 1,
                         progress,
-                        self.learning_rate(progress),
+                        lr,
                         len(clean),
                         {k: v.detach() for k, v in terms.items()},
                     )
@@ -329,12 +331,12 @@ class Trainer:
         return terms
 
     def _adversary_step(
-        self, x: torch.Tensor, target: torch.Tensor, draws: torch.Generator, progress: float
+        self, x: torch.Tensor, target: torch.Tensor, draws: torch.Generator, progress: float, lr: float
     ) -> dict[str, torch.Tensor]:
         """One step of the loss's adversary on the batch the model just trained on; its terms, prefixed."""
         optimizer = self.adversary_optimizer
         for group in optimizer.param_groups:
-            group["lr"] = self.learning_rate(progress)
+            group["lr"] = lr
         with self.autocast():
             out = self.model.loss_fn.adversary_loss(self.model, Batch(x, target, draws, progress))
         optimizer.zero_grad(set_to_none=True)

@@ -93,8 +93,9 @@ def test_lr_warmup_ramps_up_before_the_schedule(tiny_images):
     config = TrainConfig(epochs=4, batch_size=16, lr=0.01, lr_schedule="constant", lr_warmup=2, **QUIET)
     constant = Trainer(model, config)
     seen = learning_rates_seen(constant, data_of(tiny_images))
-    # 4 steps an epoch: up in equal steps from 0 over the first 2 epochs, then flat
-    assert seen == pytest.approx([0.01 * i / 8 for i in range(8)] + [0.01] * 8)
+    # 4 steps an epoch: up in equal steps over the first 2 epochs (the first step not of size 0), then flat
+    assert seen == pytest.approx([0.01 * (i + 1) / 8 for i in range(8)] + [0.01] * 8)
+    assert trainer.learning_rate(0, 0.25) == pytest.approx(0.01 * 0.125 * 0.5 * (1 + math.cos(0)))
     with pytest.raises(genkit.ConfigError, match="lr_warmup must be a non-negative integer, got -1"):
         TrainConfig(lr_warmup=-1)
 
