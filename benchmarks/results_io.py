@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -35,15 +36,16 @@ def provenance(device: torch.device | str) -> dict[str, str | None]:
 
 
 def source_commit(root: Path = ROOT) -> str | None:
-    """The git commit of the measuring code, with ``+changes`` when its tracked files (results aside) differ from
-    it; None outside a git checkout."""
+    """The git commit of the measuring code, with ``+changes-<hash of the diff>`` when its tracked files (results
+    aside) differ from it, so that two different uncommitted changes never pass for the same code; None outside a
+    git checkout."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         head = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+        changed = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
     except (OSError, subprocess.CalledProcessError):
         return None
-    return head + "+changes" * bool(changed)
+    return head + f"+changes-{hashlib.sha256(changed.encode()).hexdigest()[:12]}" * bool(changed)

@@ -202,7 +202,11 @@ def test_a_record_names_the_commit_it_was_measured_at_and_whether_the_code_diffe
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert results_io.source_commit(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert results_io.source_commit(tmp_path) == head + "+changes"
+    changed = results_io.source_commit(tmp_path)
+    assert changed.startswith(head + "+changes-") and len(changed) == len(head) + len("+changes-") + 12
+    assert results_io.source_commit(tmp_path) == changed  # the same change, the same stamp
+    (tmp_path / "code.py").write_text("x = 3\n")
+    assert results_io.source_commit(tmp_path) not in (head, changed)  # another change, another stamp
 
 
 def test_an_ex_post_column_reuses_the_fid_of_the_same_fitted_own_prior():
