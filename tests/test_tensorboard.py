@@ -39,8 +39,8 @@ def test_a_run_writes_scalars_images_and_hparams_and_resume_continues_them(image
     assert [step for step, _ in scalars["epoch/train_loss"]] == [1, 2]
     assert [step for step, _ in scalars["epoch/test_mse"]] == [1, 2]
     assert scalars["step/reconstruction"]
-    rates = [rate for _, rate in scalars["step/lr"]]  # the default 1-epoch warm-up starts from 0
-    assert rates[0] == 0.0 and all(0 < rate <= 2e-3 for rate in rates[1:])
+    rates = [rate for _, rate in scalars["step/lr"]]  # the default 1-epoch warm-up's first step: lr / 8 steps
+    assert rates[0] == pytest.approx(2e-3 / 8) and all(rates[0] < rate <= 2e-3 for rate in rates[1:])
     assert [step for step, _ in scalars["step/kl"]][:2] == [1, 10]
     images = {tag: len(a.Images(tag)) for a in _events(logs) for tag in a.Tags()["images"]}
     assert images == {"samples": 2, "reconstructions": 2}
