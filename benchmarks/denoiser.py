@@ -4,7 +4,8 @@ test split is never read, so the architecture picked here is not tuned on the te
 
     python -m benchmarks.denoiser --dataset mnist --noise gaussian:0.5     # ~20 min on a 2-core CPU
 
-Results go to ``benchmarks/results/denoiser-<dataset>-<device>.json`` and a markdown table beside it.
+Results go to ``benchmarks/results/denoiser-<dataset>-<device>.json`` and a markdown table beside it; a run of
+some ``--candidates`` keeps the other candidates' results of the same settings.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "fcn 7x7x8 blocks=1 channels=48": {**FCN, "latent": 392, "blocks": 1, "channels": 48},
     "fcn 14x14x4": {**FCN, "latent": 784, "stages": 1},
     "fcn 14x14x4 blocks=1 channels=48": {**FCN, "latent": 784, "stages": 1, "blocks": 1, "channels": 48},
+    # the 7x7 grid with twice the code channels, or a deeper and wider net (its receptive field spans the digit)
+    "fcn 7x7x16 blocks=1 channels=48": {**FCN, "latent": 784, "blocks": 1, "channels": 48},
+    "fcn 7x7x8 blocks=2 channels=64": {**FCN, "latent": 392, "blocks": 2, "channels": 64},
 }
 
 
@@ -49,12 +53,13 @@ def run(
         "validation_images": len(valid),
         "training": heldout.settings(epochs),
         **provenance(device),
-        "results": [],
     }
+    record["results"] = heldout.earlier_results(out, record, candidates, list(CANDIDATES))
     for name in candidates:
         print(f"== {name}", flush=True)
         model, scores, seconds = heldout.train_and_score("ae", CANDIDATES[name], fit, valid, device, epochs, noise)
-        record["results"].append(
+        heldout.add_result(
+            record,
             {
                 "candidate": name,
                 "options": CANDIDATES[name],
@@ -62,7 +67,8 @@ def run(
                 "psnr_noisy": scores["psnr_noisy"],
                 "psnr_denoised": scores["psnr_denoised"],
                 "wall_seconds": seconds,
-            }
+            },
+            list(CANDIDATES),
         )
         write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
     return record

@@ -5,6 +5,7 @@ chosen this way is tuned on the test set."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -85,3 +86,34 @@ def train_and_score(
     trainer.fit(fit)
     scores = trainer.evaluate(valid)  # with the training noise, if any
     return net, scores, time.perf_counter() - started
+
+
+#: a record's fields that say what measured it, not what was measured
+PROVENANCE = ("device_name", "torch", "genkit", "commit")
+
+
+def _settings(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in (*PROVENANCE, "results")}
+
+
+def earlier_results(out: Path, record: dict[str, Any], redone: list[str], known: list[str]) -> list[dict[str, Any]]:
+    """The results already in ``out`` if a run with ``record``'s settings on the same device kind made them, less
+    those of the ``redone`` candidates and of candidates no longer ``known``: so that runs of some candidates add
+    up. Each keeps the commit that measured it."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return []
+    if _settings(earlier) != _settings(record):
+        return []
+    return [
+        {**r, "commit": r.get("commit", earlier.get("commit"))}
+        for r in earlier.get("results", [])
+        if r.get("candidate") in known and r["candidate"] not in redone
+    ]
+
+
+def add_result(record: dict[str, Any], result: dict[str, Any], known: list[str]) -> None:
+    """Put ``result``, measured by this run's code, among ``record``'s results in the order of ``known``."""
+    record["results"].append({**result, "commit": record["commit"]})
+    record["results"].sort(key=lambda r: known.index(r["candidate"]))

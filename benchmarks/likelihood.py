@@ -6,7 +6,8 @@ a fixed sigma trains on the squared error itself.
 
     python -m benchmarks.likelihood --dataset mnist --candidates bernoulli,gaussian   # ~8 min on a 2-core CPU
 
-Results go to ``benchmarks/results/likelihood-<dataset>-<device>.json`` and a markdown table beside it.
+Results go to ``benchmarks/results/likelihood-<dataset>-<device>.json`` and a markdown table beside it; a run of
+some ``--candidates`` keeps the other candidates' results of the same settings.
 """
 
 from __future__ import annotations
@@ -46,20 +47,22 @@ def run(
         "training": heldout.settings(epochs),
         "latent": LATENT,
         **provenance(device),
-        "results": [],
     }
+    record["results"] = heldout.earlier_results(out, record, candidates, list(CANDIDATES))
     for name in candidates:
         print(f"== {name}", flush=True)
         options = {"latent": LATENT, **CANDIDATES[name]}
         model, scores, seconds = heldout.train_and_score("ae", options, fit, valid, device, epochs)
-        record["results"].append(
+        heldout.add_result(
+            record,
             {
                 "candidate": name,
                 "options": options,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "validation_mse": scores["mse"],
                 "wall_seconds": seconds,
-            }
+            },
+            list(CANDIDATES),
         )
         write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
     return record

@@ -385,6 +385,21 @@ def test_likelihood_benchmark_scores_each_likelihood_by_held_out_mse(data_dir, t
     table = (tmp_path / "likelihood-mnist-cpu.md").read_text()
     assert table.count("| **") == 1 and f"| **{likelihood.best(record)}** |" in table
     assert 'python -m benchmarks.likelihood --dataset mnist --epochs 1 --candidates "bernoulli,gaussian"' in table
+    # a run of one candidate remakes its result and keeps the other's, each with the commit that measured it
+    (tmp_path / "likelihood-mnist-cpu.json").write_text(
+        json.dumps({**record, "results": [{**r, "commit": "0ld"} for r in record["results"]]})
+    )
+    again = likelihood.main([*args, "--candidates", "gaussian"])
+    assert [r["candidate"] for r in again["results"]] == ["bernoulli", "gaussian"]
+    assert again["results"][0] == {**results["bernoulli"], "commit": "0ld"}
+    assert again["results"][1]["commit"] == again["commit"] != "0ld"
+    assert (
+        'python -m benchmarks.likelihood --dataset mnist --epochs 1 --candidates "bernoulli,gaussian"'
+        in (tmp_path / "likelihood-mnist-cpu.md").read_text()
+    )
+    # other settings (here the held-out images) make the earlier results no evidence for this run
+    other = likelihood.main([*args[:2], "--holdout", "50", *args[4:], "--candidates", "gaussian"])
+    assert [r["candidate"] for r in other["results"]] == ["gaussian"]
     with pytest.raises(SystemExit) as exit:
         likelihood.main([*args, "--candidates", "poisson"])
     assert exit.value.code == 2
