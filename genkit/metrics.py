@@ -13,6 +13,12 @@ def mse(output: Tensor, target: Tensor) -> float:
     return torch.mean((output.float() - target.float()) ** 2).item()
 
 
+def mean_image_mse(images: Tensor) -> float:
+    """The MSE of the best constant guess, the mean image: a model that reconstructs no better learned nothing."""
+    images = images.float()
+    return mse(images.mean(0, keepdim=True).expand_as(images), images)
+
+
 def psnr(output: Tensor, target: Tensor, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB over a batch: per-image PSNR, averaged over images."""
     per_image = ((output.float() - target.float()) ** 2).flatten(1).mean(1).clamp_min(1e-12)

@@ -32,6 +32,7 @@ from genkit.checkpoint import (
 )
 from genkit.data import ImageData, ImageFolderStream, dataset_shape, load_dataset
 from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
+from genkit.metrics import mean_image_mse
 from genkit.model import Model
 from genkit.registry import get_model, get_noise
 from genkit.tensorboard import LOG_FOLDER, TensorBoardLogger, require_tensorboard
@@ -408,6 +409,11 @@ def _train_and_report(
     plot = _logging(config)["latent_plot"]
     trained_on = config["data"].get("noise")
     report.write_pictures(model, test, history, noise, run_dir, trained_on, plot)
+    if final and final["mse"] >= (floor := mean_image_mse(test.images)):
+        log(
+            f"warning: test MSE {final['mse']:.4f} is no better than the mean test image's {floor:.4f}: the model "
+            "has not learned to reconstruct (too short a training, or a collapsed decoder: see reconstructions.png)"
+        )
     if final:
         # a model not trained on noise has never seen noisy inputs: its output is no denoised image
         output = "denoised" if trained_on else "model output, not trained as a denoiser"

@@ -295,3 +295,21 @@ def test_the_closing_line_calls_an_output_denoised_only_for_a_denoiser(tmp_path)
         lines: list[str] = []
         start_run("ae", dict(TINY), config, str(images), out=tmp_path / str(noise), noise=noise, log=lines.append)
         assert lines[-1].startswith("done: test MSE ") and said in lines[-1]
+
+
+def test_a_model_no_better_than_the_mean_image_is_called_untrained_before_the_closing_line(tmp_path):
+    from genkit.metrics import mean_image_mse
+    from genkit.run import start_run
+    from genkit.train import TrainConfig
+    from tests.fault_helpers import TINY, write_images
+
+    images = torch.tensor([[0.0, 1.0], [1.0, 1.0]]).view(2, 1, 1, 2)
+    assert mean_image_mse(images) == pytest.approx(0.125)  # (0.5² + 0.5² + 0 + 0) / 4
+    lines: list[str] = []
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-12, progress=False)  # the untrained net's grey images
+    images_dir = str(write_images(tmp_path / "images", 32))
+    start_run("ae", dict(TINY), config, images_dir, out=tmp_path / "R", log=lines.append)
+    warning, done = lines[-2:]
+    assert warning.startswith("warning: test MSE ") and "no better than the mean test image's" in warning
+    assert "see reconstructions.png" in warning and (tmp_path / "R" / "reconstructions.png").is_file()
+    assert done.startswith("done: test MSE ")
