@@ -409,12 +409,13 @@ def _train_and_report(
     plot = _logging(config)["latent_plot"]
     trained_on = config["data"].get("noise")
     report.write_pictures(model, test, history, noise, run_dir, trained_on, plot)
-    if final and final["mse"] >= (floor := mean_image_mse(test.images)):
-        log(
-            f"warning: test MSE {final['mse']:.4f} is no better than the mean test image's {floor:.4f}: the model "
-            "has not learned to reconstruct (too short a training, or a collapsed decoder: see reconstructions.png)"
-        )
     if final:
+        if final["mse"] >= (floor := mean_image_mse(test.images)):
+            log(
+                f"warning: test MSE {final['mse']:.4f} is no better than the mean test image's {floor:.4f}: the "
+                "model has not learned to reconstruct (too short a training, or a collapsed decoder: see "
+                "reconstructions.png)"
+            )
         # a model not trained on noise has never seen noisy inputs: its output is no denoised image
         output = "denoised" if trained_on else "model output, not trained as a denoiser"
         log(
