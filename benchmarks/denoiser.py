@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import provenance
 from genkit.data import ImageData
 from genkit.train import select_device
 
@@ -57,24 +57,18 @@ def run(
         "training": heldout.settings(epochs),
         **provenance(device),
     }
-    record["results"] = heldout.earlier_results(out, record, candidates, list(CANDIDATES))
-    for name in candidates:
-        print(f"== {name}", flush=True)
+
+    def measure(name: str) -> dict[str, Any]:
         model, scores, seconds = heldout.train_and_score("ae", CANDIDATES[name], fit, valid, device, epochs, noise)
-        heldout.add_result(
-            record,
-            {
-                "candidate": name,
-                "options": CANDIDATES[name],
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "psnr_noisy": scores["psnr_noisy"],
-                "psnr_denoised": scores["psnr_denoised"],
-                "wall_seconds": seconds,
-            },
-            list(CANDIDATES),
-        )
-        write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
-    return record
+        return {
+            "options": CANDIDATES[name],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "psnr_noisy": scores["psnr_noisy"],
+            "psnr_denoised": scores["psnr_denoised"],
+            "wall_seconds": seconds,
+        }
+
+    return heldout.measure_each(record, out, candidates, list(CANDIDATES), measure, markdown)
 
 
 def best(record: dict[str, Any]) -> str:

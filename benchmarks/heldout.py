@@ -1,20 +1,20 @@
-"""Held-out scoring for the benchmarks that choose genkit's settings (``defaults``, ``denoiser``): a model trains
-on the training split less its last images and is scored on those. The test split is never read, so nothing
-chosen this way is tuned on the test set."""
+"""Held-out scoring for the benchmarks that choose genkit's settings (``defaults``, ``denoiser``, ``likelihood``):
+a model trains on the training split less its last images and is scored on those. The test split is never read, so
+nothing chosen this way is tuned on the test set."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS
+from benchmarks.results_io import RESULTS, read_record, write_results
 from genkit.data import ImageData, load_dataset
 from genkit.train import TrainConfig, Trainer
 
@@ -100,11 +100,8 @@ def earlier_results(out: Path, record: dict[str, Any], redone: list[str], known:
     """The results already in ``out`` if a run with ``record``'s settings on the same device kind made them, less
     those of the ``redone`` candidates and of candidates no longer ``known``: so that runs of some candidates add
     up. Each keeps the commit that measured it."""
-    try:
-        earlier = json.loads(out.read_text())
-    except (OSError, ValueError):
-        return []
-    if _settings(earlier) != _settings(record):
+    earlier = read_record(out)
+    if earlier is None or _settings(earlier) != _settings(record):
         return []
     return [
         {**r, "commit": r.get("commit", earlier.get("commit"))}
@@ -113,7 +110,21 @@ def earlier_results(out: Path, record: dict[str, Any], redone: list[str], known:
     ]
 
 
-def add_result(record: dict[str, Any], result: dict[str, Any], known: list[str]) -> None:
-    """Put ``result``, measured by this run's code, among ``record``'s results in the order of ``known``."""
-    record["results"].append({**result, "commit": record["commit"]})
-    record["results"].sort(key=lambda r: known.index(r["candidate"]))
+def measure_each(
+    record: dict[str, Any],
+    out: Path,
+    chosen: list[str],
+    known: list[str],
+    measure: Callable[[str], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Measure each ``chosen`` candidate (``measure(name)`` gives its result) into ``record``, beside the earlier
+    results of the others, in the order of ``known``; ``out`` is rewritten after each, so a run cut short keeps
+    what it has."""
+    record["results"] = earlier_results(out, record, chosen, known)
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        record["results"].append({"candidate": name, **measure(name), "commit": record["commit"]})
+        record["results"].sort(key=lambda r: known.index(r["candidate"]))
+        write_results(out, record, table(record))
+    return record

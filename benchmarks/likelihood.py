@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import provenance
 from genkit.data import ImageData
 from genkit.train import select_device
 
@@ -48,24 +48,18 @@ def run(
         "latent": LATENT,
         **provenance(device),
     }
-    record["results"] = heldout.earlier_results(out, record, candidates, list(CANDIDATES))
-    for name in candidates:
-        print(f"== {name}", flush=True)
+
+    def measure(name: str) -> dict[str, Any]:
         options = {"latent": LATENT, **CANDIDATES[name]}
         model, scores, seconds = heldout.train_and_score("ae", options, fit, valid, device, epochs)
-        heldout.add_result(
-            record,
-            {
-                "candidate": name,
-                "options": options,
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "validation_mse": scores["mse"],
-                "wall_seconds": seconds,
-            },
-            list(CANDIDATES),
-        )
-        write_results(out, record, markdown(record))  # after every run: a run cut short keeps what it has
-    return record
+        return {
+            "options": options,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "validation_mse": scores["mse"],
+            "wall_seconds": seconds,
+        }
+
+    return heldout.measure_each(record, out, candidates, list(CANDIDATES), measure, markdown)
 
 
 def best(record: dict[str, Any]) -> str:

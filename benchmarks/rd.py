@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.results_io import RESULTS, provenance, write_results
+from benchmarks.results_io import RESULTS, provenance, read_record, write_results
 from genkit import bitsback
 from genkit import compress as gkc
 from genkit.checkpoint import WEIGHTS_FILE, load_model
@@ -264,9 +264,9 @@ def previous_entries(path: Path, args: argparse.Namespace, replaced: set[str]) -
     """The commands, runs and points of the genkit entries in the results at ``path`` other than ``replaced``, when
     they were made on the same dataset, images and epochs (results of earlier versions, which did not name the
     entry of each point, are read too)."""
-    if not path.is_file():
+    record = read_record(path)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     runs = record["runs"]
     if isinstance(runs, list):  # earlier versions: a list of commands, one per entry, in MODELS order
         names = {tuple(e.args): e.name for e in MODELS}

@@ -27,6 +27,15 @@ def write_results(path: Path, record: dict[str, Any], table: str) -> None:
     print(table)
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record an earlier run wrote to ``path``, or None where there is none or it cannot be read (this run
+    then writes a new one)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def provenance(device: torch.device | str) -> dict[str, str | None]:
     """What a record's numbers were measured on and with: the device, its name, torch's and genkit's versions and
     the git commit of the code (``source_commit``)."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS, provenance, write_results
+from benchmarks.results_io import RESULTS, provenance, read_record, write_results
 from genkit import fid
 from genkit.checkpoint import load_checkpoint, save_checkpoint
 from genkit.data import ImageData, binarize, load_dataset
@@ -359,9 +359,8 @@ def _scored(scores: dict[str, Any]) -> str:
 
 def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict[str, Any]]:
     """Rows of an earlier run of the same protocol on the same device kind, so that runs of some rows add up."""
-    try:
-        earlier = json.loads(out.read_text())
-    except (OSError, ValueError):
+    earlier = read_record(out)
+    if earlier is None:
         return []
 
     def fixed(protocol: dict[str, Any]) -> dict[str, Any]:

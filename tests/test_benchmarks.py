@@ -313,6 +313,19 @@ def test_rd_keeps_the_entries_it_did_not_run_from_the_previous_results(tmp_path,
     # other epochs: nothing is kept, and it says so
     assert rd.previous_entries(path, argparse.Namespace(dataset="mnist", images=2000, epochs=30), set()) is None
     assert "not merging" in capsys.readouterr().out
+    # a record cut off mid-write is no record: the run starts a new one instead of failing
+    path.write_text(json.dumps(old)[:40])
+    assert rd.previous_entries(path, args, set()) is None
+
+
+def test_an_earlier_record_reads_as_none_when_missing_or_corrupt(tmp_path):
+    path = tmp_path / "mnist-cpu.json"
+    assert results_io.read_record(path) is None
+    path.write_text('{"results": [')
+    assert results_io.read_record(path) is None
+    assert suite._earlier_rows(path, {}, "cpu") == []
+    path.write_text('{"results": []}')
+    assert results_io.read_record(path) == {"results": []}
 
 
 def test_rd_benchmark_refuses_an_unknown_model(capsys):
