@@ -78,9 +78,13 @@ def best(record: dict[str, Any]) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     t = record["training"]
+
+    def mark(r: dict[str, Any]) -> str:
+        return "**" if r["candidate"] == best(record) else ""
+
     lines = [
-        f"# Denoisers on {record['dataset']} with {record['noise']} noise ({record['device_name']}, "
-        f"{record['device']})",
+        f"# Denoisers on {record['dataset']} with {record['noise']} noise "
+        f"({' and '.join(heldout.machines(record))}, {record['device']})",
         "",
         f"Each autoencoder trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch {t['batch_size']}, seed "
         f"{t['seed']}, genkit run's defaults) on noisy copies of the first {record['train_images']} training images "
@@ -88,15 +92,13 @@ def markdown(record: dict[str, Any]) -> str:
         f"read). Made by `python -m benchmarks.denoiser --dataset {record['dataset']} --noise {record['noise']} "
         f"--device {record['device']}`. **Bold**: the highest PSNR.",
         "",
-        "| candidate | parameters | PSNR noisy → denoised (dB) | wall s |",
-        "|---|---|---|---|",
     ]
-    for r in record["results"]:
-        mark = "**" if r["candidate"] == best(record) else ""
-        lines.append(
-            f"| {mark}{r['candidate']}{mark} | {r['parameters']:,} | {r['psnr_noisy']:.1f} → "
-            f"{r['psnr_denoised']:.2f} | {r['wall_seconds']:.0f} |"
-        )
+    rows = [
+        [f"{mark(r)}{r['candidate']}{mark(r)}", f"{r['parameters']:,}",
+         f"{r['psnr_noisy']:.1f} → {r['psnr_denoised']:.2f}", f"{r['wall_seconds']:.0f}"]
+        for r in record["results"]
+    ]  # fmt: skip
+    lines += heldout.table(record, ["candidate", "parameters", "PSNR noisy → denoised (dB)", "wall s"], rows)
     return "\n".join(lines) + "\n"
 
 

@@ -99,12 +99,16 @@ def _settings(record: dict[str, Any]) -> dict[str, Any]:
 def earlier_results(out: Path, record: dict[str, Any], redone: list[str], known: list[str]) -> list[dict[str, Any]]:
     """The results already in ``out`` if a run with ``record``'s settings on the same device kind made them, less
     those of the ``redone`` candidates and of candidates no longer ``known``: so that runs of some candidates add
-    up. Each keeps the commit that measured it."""
+    up. Each keeps the commit and the machine that measured it."""
     earlier = read_record(out)
     if earlier is None or _settings(earlier) != _settings(record):
         return []
     return [
-        {**r, "commit": r.get("commit", earlier.get("commit"))}
+        {
+            **r,
+            "commit": r.get("commit", earlier.get("commit")),
+            "device_name": r.get("device_name", earlier["device_name"]),
+        }
         for r in earlier.get("results", [])
         if r.get("candidate") in known and r["candidate"] not in redone
     ]
@@ -124,7 +128,23 @@ def measure_each(
     record["results"] = earlier_results(out, record, chosen, known)
     for name in chosen:
         print(f"== {name}", flush=True)
-        record["results"].append({"candidate": name, **measure(name), "commit": record["commit"]})
+        provenance = {"commit": record["commit"], "device_name": record["device_name"]}
+        record["results"].append({"candidate": name, **measure(name), **provenance})
         record["results"].sort(key=lambda r: known.index(r["candidate"]))
         write_results(out, record, table(record))
     return record
+
+
+def machines(record: dict[str, Any]) -> list[str]:
+    """The machines that measured ``record``'s results (earlier runs may have run on another of the same kind)."""
+    return list(dict.fromkeys(r["device_name"] for r in record["results"])) or [record["device_name"]]
+
+
+def table(record: dict[str, Any], header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table of the results' ``rows`` under ``header``, with a machine column when several measured
+    them (their wall seconds then do not compare)."""
+    several = len(machines(record)) > 1
+    if several:
+        header = [*header, "machine"]
+        rows = [[*row, r["device_name"]] for row, r in zip(rows, record["results"], strict=True)]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]

@@ -69,8 +69,13 @@ def best(record: dict[str, Any]) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     t, names = record["training"], ",".join(r["candidate"] for r in record["results"])
+
+    def mark(r: dict[str, Any]) -> str:
+        return "**" if r["candidate"] == best(record) else ""
+
     lines = [
-        f"# ae reconstruction likelihoods on {record['dataset']} ({record['device_name']}, {record['device']})",
+        f"# ae reconstruction likelihoods on {record['dataset']} ({' and '.join(heldout.machines(record))}, "
+        f"{record['device']})",
         "",
         f"Each ae (latent {record['latent']}) trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch "
         f"{t['batch_size']}, seed {t['seed']}, genkit run's defaults otherwise) on the first "
@@ -79,15 +84,13 @@ def markdown(record: dict[str, Any]) -> str:
         f'benchmarks.likelihood --dataset {record["dataset"]} --epochs {t["epochs"]} --candidates "{names}" '
         f"--device {record['device']}`. **Bold**: the lowest MSE.",
         "",
-        "| candidate | parameters | validation MSE | wall s |",
-        "|---|---|---|---|",
     ]
-    for r in record["results"]:
-        mark = "**" if r["candidate"] == best(record) else ""
-        lines.append(
-            f"| {mark}{r['candidate']}{mark} | {r['parameters']:,} | {r['validation_mse']:.5f} "
-            f"| {r['wall_seconds']:.0f} |"
-        )
+    rows = [
+        [f"{mark(r)}{r['candidate']}{mark(r)}", f"{r['parameters']:,}", f"{r['validation_mse']:.5f}",
+         f"{r['wall_seconds']:.0f}"]
+        for r in record["results"]
+    ]  # fmt: skip
+    lines += heldout.table(record, ["candidate", "parameters", "validation MSE", "wall s"], rows)
     return "\n".join(lines) + "\n"
 
 

@@ -398,18 +398,21 @@ def test_likelihood_benchmark_scores_each_likelihood_by_held_out_mse(data_dir, t
     table = (tmp_path / "likelihood-mnist-cpu.md").read_text()
     assert table.count("| **") == 1 and f"| **{likelihood.best(record)}** |" in table
     assert 'python -m benchmarks.likelihood --dataset mnist --epochs 1 --candidates "bernoulli,gaussian"' in table
-    # a run of one candidate remakes its result and keeps the other's, each with the commit that measured it
-    (tmp_path / "likelihood-mnist-cpu.json").write_text(
-        json.dumps({**record, "results": [{**r, "commit": "0ld"} for r in record["results"]]})
-    )
+    assert "| machine |" not in table  # one machine measured them all: the title names it
+    # a run of one candidate remakes its result and keeps the other's, each with the commit and machine that
+    # measured it (results from before results named their machine take the record's)
+    old = [{k: v for k, v in r.items() if k != "device_name"} | {"commit": "0ld"} for r in record["results"]]
+    (tmp_path / "likelihood-mnist-cpu.json").write_text(json.dumps({**record, "results": old, "device_name": "Old"}))
     again = likelihood.main([*args, "--candidates", "gaussian"])
     assert [r["candidate"] for r in again["results"]] == ["bernoulli", "gaussian"]
-    assert again["results"][0] == {**results["bernoulli"], "commit": "0ld"}
+    assert again["results"][0] == {**results["bernoulli"], "commit": "0ld", "device_name": "Old"}
     assert again["results"][1]["commit"] == again["commit"] != "0ld"
-    assert (
-        'python -m benchmarks.likelihood --dataset mnist --epochs 1 --candidates "bernoulli,gaussian"'
-        in (tmp_path / "likelihood-mnist-cpu.md").read_text()
-    )
+    assert again["results"][1]["device_name"] == again["device_name"] != "Old"
+    table = (tmp_path / "likelihood-mnist-cpu.md").read_text()
+    assert 'python -m benchmarks.likelihood --dataset mnist --epochs 1 --candidates "bernoulli,gaussian"' in table
+    # two machines: wall seconds do not compare, so each result names its own
+    assert f"(Old and {again['device_name']}, cpu)" in table and "| wall s | machine |" in table
+    assert "| Old |" in table and f"| {again['device_name']} |" in table
     # other settings (here the held-out images) make the earlier results no evidence for this run
     other = likelihood.main([*args[:2], "--holdout", "50", *args[4:], "--candidates", "gaussian"])
     assert [r["candidate"] for r in other["results"]] == ["gaussian"]
