@@ -107,7 +107,7 @@ def earlier_results(out: Path, record: dict[str, Any], redone: list[str], known:
         {
             **r,
             "commit": r.get("commit", earlier.get("commit")),
-            "device_name": r.get("device_name", earlier["device_name"]),
+            "device_name": r.get("device_name", earlier.get("device_name")),
         }
         for r in earlier.get("results", [])
         if r.get("candidate") in known and r["candidate"] not in redone
