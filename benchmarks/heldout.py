@@ -126,10 +126,10 @@ def measure_each(
     results of the others, in the order of ``known``; ``out`` is rewritten after each, so a run cut short keeps
     what it has."""
     record["results"] = earlier_results(out, record, chosen, known)
+    measured_by = {"commit": record["commit"], "device_name": record["device_name"]}
     for name in chosen:
         print(f"== {name}", flush=True)
-        provenance = {"commit": record["commit"], "device_name": record["device_name"]}
-        record["results"].append({"candidate": name, **measure(name), **provenance})
+        record["results"].append({"candidate": name, **measure(name), **measured_by})
         record["results"].sort(key=lambda r: known.index(r["candidate"]))
         write_results(out, record, table(record))
     return record
