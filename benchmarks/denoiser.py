@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import provenance
+from benchmarks.results_io import machines, provenance
 from genkit.data import ImageData
 from genkit.train import select_device
 
@@ -79,12 +79,14 @@ def best(record: dict[str, Any]) -> str:
 def markdown(record: dict[str, Any]) -> str:
     t = record["training"]
 
+    top = best(record)
+
     def mark(r: dict[str, Any]) -> str:
-        return "**" if r["candidate"] == best(record) else ""
+        return "**" if r["candidate"] == top else ""
 
     lines = [
         f"# Denoisers on {record['dataset']} with {record['noise']} noise "
-        f"({' and '.join(heldout.machines(record))}, {record['device']})",
+        f"({' and '.join(machines(record))}, {record['device']})",
         "",
         f"Each autoencoder trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch {t['batch_size']}, seed "
         f"{t['seed']}, genkit run's defaults) on noisy copies of the first {record['train_images']} training images "

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS, read_record, write_results
+from benchmarks.results_io import RESULTS, machine, machines, read_record, write_results
 from genkit.data import ImageData, load_dataset
 from genkit.train import TrainConfig, Trainer
 
@@ -135,16 +135,11 @@ def measure_each(
     return record
 
 
-def machines(record: dict[str, Any]) -> list[str]:
-    """The machines that measured ``record``'s results (earlier runs may have run on another of the same kind)."""
-    return list(dict.fromkeys(r["device_name"] for r in record["results"])) or [record["device_name"]]
-
-
 def table(record: dict[str, Any], header: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown table of the results' ``rows`` under ``header``, with a machine column when several measured
     them (their wall seconds then do not compare)."""
     several = len(machines(record)) > 1
     if several:
         header = [*header, "machine"]
-        rows = [[*row, r["device_name"]] for row, r in zip(rows, record["results"], strict=True)]
+        rows = [[*row, machine(record, r)] for row, r in zip(rows, record["results"], strict=True)]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import provenance
+from benchmarks.results_io import machines, provenance
 from genkit.data import ImageData
 from genkit.train import select_device
 
@@ -70,11 +70,13 @@ def best(record: dict[str, Any]) -> str:
 def markdown(record: dict[str, Any]) -> str:
     t, names = record["training"], ",".join(r["candidate"] for r in record["results"])
 
+    top = best(record)
+
     def mark(r: dict[str, Any]) -> str:
-        return "**" if r["candidate"] == best(record) else ""
+        return "**" if r["candidate"] == top else ""
 
     lines = [
-        f"# ae reconstruction likelihoods on {record['dataset']} ({' and '.join(heldout.machines(record))}, "
+        f"# ae reconstruction likelihoods on {record['dataset']} ({' and '.join(machines(record))}, "
         f"{record['device']})",
         "",
         f"Each ae (latent {record['latent']}) trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch "

@@ -36,6 +36,17 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def machine(record: dict[str, Any], result: dict[str, Any]) -> str:
+    """The machine that measured one of ``record``'s results: results kept from an earlier run may name another
+    machine of the same device kind (they do not compare in speed); older results name none, the record's."""
+    return result.get("device_name", record["device_name"])
+
+
+def machines(record: dict[str, Any]) -> list[str]:
+    """Every machine that measured ``record``'s results, in order (the record's own while it has none)."""
+    return list(dict.fromkeys(machine(record, r) for r in record["results"])) or [record["device_name"]]
+
+
 def provenance(device: torch.device | str) -> dict[str, str | None]:
     """What a record's numbers were measured on and with: the device, its name, torch's and genkit's versions and
     the git commit of the code (``source_commit``)."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS, provenance, read_record, write_results
+from benchmarks.results_io import RESULTS, machine, machines, provenance, read_record, write_results
 from genkit import fid
 from genkit.checkpoint import load_checkpoint, save_checkpoint
 from genkit.data import ImageData, binarize, load_dataset
@@ -381,17 +381,12 @@ def warmup_text(epochs: int) -> str:
 def markdown(record: dict[str, Any]) -> str:
     p = record["protocol"]
 
-    # rows added by later runs may come from another machine of the same kind: then each row names its own
-    def machine(row: dict[str, Any]) -> str:
-        return row.get("device_name", record["device_name"])
-
-    machines = list(dict.fromkeys(machine(r) for r in record["results"]))
+    names = machines(record)  # rows added by later runs may come from another machine of the same kind
     ex_post = p.get("ex_post", LATER_FIELDS["ex_post"])
     nll = bool(p.get("nll_samples"))
-    several = len(machines) > 1
+    several = len(names) > 1
     lines = [
-        f"# {p['dataset']} — protocol `{p['name']}` on {' and '.join(machines or [record['device_name']])} "
-        f"({record['device']})",
+        f"# {p['dataset']} — protocol `{p['name']}` on {' and '.join(names)} ({record['device']})",
         "",
         f"latent {p['latent']}, {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']} "
         f"({p.get('lr_schedule', 'constant')}{warmup_text(p.get('lr_warmup', 0))}), seed {p['seed']}, "
@@ -421,7 +416,7 @@ def markdown(record: dict[str, Any]) -> str:
         nlls = (f"{found['nats']:.2f} ± {found['stderr']:.2f} | " if found else "— | ") if nll else ""
         lines.append(
             f"| {r['label']} | {r['test_mse']:.4f} | {own_prior_cell(r)} | {fids}{nlls}{psnr} "
-            f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |" + f" {machine(r)} |" * several
+            f"| {r['images_per_second']:.0f} | {r['wall_seconds']:.0f} |" + f" {machine(record, r)} |" * several
         )
     return "\n".join(lines) + "\n"
 
