@@ -79,11 +79,6 @@ def best(record: dict[str, Any]) -> str:
 def markdown(record: dict[str, Any]) -> str:
     t = record["training"]
 
-    top = best(record)
-
-    def mark(r: dict[str, Any]) -> str:
-        return "**" if r["candidate"] == top else ""
-
     lines = [
         f"# Denoisers on {record['dataset']} with {record['noise']} noise "
         f"({' and '.join(machines(record))}, {record['device']})",
@@ -95,12 +90,12 @@ def markdown(record: dict[str, Any]) -> str:
         f"--device {record['device']}`. **Bold**: the highest PSNR.",
         "",
     ]
-    rows = [
-        [f"{mark(r)}{r['candidate']}{mark(r)}", f"{r['parameters']:,}",
-         f"{r['psnr_noisy']:.1f} → {r['psnr_denoised']:.2f}", f"{r['wall_seconds']:.0f}"]
-        for r in record["results"]
-    ]  # fmt: skip
-    lines += heldout.table(record, ["candidate", "parameters", "PSNR noisy → denoised (dB)", "wall s"], rows)
+    lines += heldout.table(
+        record,
+        best(record),
+        ["PSNR noisy → denoised (dB)"],
+        lambda r: [f"{r['psnr_noisy']:.1f} → {r['psnr_denoised']:.2f}"],
+    )
     return "\n".join(lines) + "\n"
 
 

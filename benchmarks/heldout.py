@@ -135,11 +135,17 @@ def measure_each(
     return record
 
 
-def table(record: dict[str, Any], header: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table of the results' ``rows`` under ``header``, with a machine column when several measured
-    them (their wall seconds then do not compare)."""
+def table(
+    record: dict[str, Any], best: str, header: list[str], cells: Callable[[dict[str, Any]], list[str]]
+) -> list[str]:
+    """A markdown table of the candidates' results: each one's name (bold where it is ``best``), parameters,
+    ``cells(result)`` under ``header`` and wall seconds, with a machine column when several measured them (their
+    wall seconds then do not compare)."""
     several = len(machines(record)) > 1
-    if several:
-        header = [*header, "machine"]
-        rows = [[*row, machine(record, r)] for row, r in zip(rows, record["results"], strict=True)]
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    header = ["candidate", "parameters", *header, "wall s", *(["machine"] * several)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in record["results"]:
+        mark = "**" if r["candidate"] == best else ""
+        row = [f"{mark}{r['candidate']}{mark}", f"{r['parameters']:,}", *cells(r), f"{r['wall_seconds']:.0f}"]
+        lines.append("| " + " | ".join([*row, *([machine(record, r)] * several)]) + " |")
+    return lines

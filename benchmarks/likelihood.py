@@ -70,11 +70,6 @@ def best(record: dict[str, Any]) -> str:
 def markdown(record: dict[str, Any]) -> str:
     t, names = record["training"], ",".join(r["candidate"] for r in record["results"])
 
-    top = best(record)
-
-    def mark(r: dict[str, Any]) -> str:
-        return "**" if r["candidate"] == top else ""
-
     lines = [
         f"# ae reconstruction likelihoods on {record['dataset']} ({' and '.join(machines(record))}, "
         f"{record['device']})",
@@ -87,12 +82,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"--device {record['device']}`. **Bold**: the lowest MSE.",
         "",
     ]
-    rows = [
-        [f"{mark(r)}{r['candidate']}{mark(r)}", f"{r['parameters']:,}", f"{r['validation_mse']:.5f}",
-         f"{r['wall_seconds']:.0f}"]
-        for r in record["results"]
-    ]  # fmt: skip
-    lines += heldout.table(record, ["candidate", "parameters", "validation MSE", "wall s"], rows)
+    lines += heldout.table(record, best(record), ["validation MSE"], lambda r: [f"{r['validation_mse']:.5f}"])
     return "\n".join(lines) + "\n"
 
 
