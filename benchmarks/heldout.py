@@ -142,10 +142,12 @@ def table(
     ``cells(result)`` under ``header`` and wall seconds, with a machine column when several measured them (their
     wall seconds then do not compare)."""
     several = len(machines(record)) > 1
-    header = ["candidate", "parameters", *header, "wall s", *(["machine"] * several)]
+    header = ["candidate", "parameters", *header, "wall s"] + (["machine"] if several else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in record["results"]:
         mark = "**" if r["candidate"] == best else ""
         row = [f"{mark}{r['candidate']}{mark}", f"{r['parameters']:,}", *cells(r), f"{r['wall_seconds']:.0f}"]
-        lines.append("| " + " | ".join([*row, *([machine(record, r)] * several)]) + " |")
+        if several:
+            row.append(machine(record, r))
+        lines.append("| " + " | ".join(row) + " |")
     return lines
