@@ -16,7 +16,7 @@ import click
 
 # Only light modules at the top: torch, numpy and the plugins are imported by the commands that need them,
 # so that --help and usage errors answer at once.
-from genkit.config import DATA_ENV, TrainConfig, parse_value
+from genkit.config import DATA_ENV, DataConfig, LoggingConfig, TrainConfig, parse_value
 from genkit.errors import ConfigError, DataError, GenkitError, ShapeError, TrainingError
 
 if TYPE_CHECKING:
@@ -259,7 +259,8 @@ def run(
     options = {**_parse_settings(settings), **{k: v for k, v in flags.items() if v is not None}}
     chosen = {"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}
     parts = {kind: name for kind, name in chosen.items() if name}
-    where = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise}
+    data = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise}
+    logging = {"tensorboard": tensorboard, "latent_plot": latent_plot}
     if config_file:
         from genkit.experiment import read_experiment
 
@@ -270,17 +271,22 @@ def run(
         kept = {k: v for k, v in experiment.options.items() if k.partition(".")[0] not in parts}
         options, parts = {**kept, **options}, {**experiment.parts, **parts}
         train = {**experiment.train, **{k: v for k, v in train.items() if v is not None}}
-        where.update({k: v for k, v in experiment.data.items() if k not in given and v is not None})
-        tensorboard = tensorboard or experiment.tensorboard
-        latent_plot = latent_plot or experiment.latent_plot
+        data.update({k: v for k, v in experiment.data.items() if k not in given and v is not None})
+        logging = {**experiment.logging, **{k: v for k, v in logging.items() if v}}
     if not model:
         raise click.UsageError("name a MODEL (see genkit list), give --config FILE, or --resume RUN_DIR")
     config = _train_options(**{**train, "progress": False if quiet else None})
-    where.update(out=out, overwrite=overwrite, parts=parts, tensorboard=tensorboard, latent_plot=latent_plot or "tsne")
+    request = {
+        "data": DataConfig(**data),
+        "parts": parts,
+        "logging": LoggingConfig.from_dict({k: v for k, v in logging.items() if v is not None}),
+        "out": out,
+        "overwrite": overwrite,
+    }
     if relaunch:
-        check_run(model, options, config, **where)  # user errors: one line here, not one per process
+        check_run(model, options, config, **request)  # user errors: one line here, not one per process
         ctx.exit(_relaunch(nproc, ctx.obj["argv"]))
-    start_run(model, options, config, **where)
+    start_run(model, options, config, **request)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -1,4 +1,5 @@
-"""Typed configuration: one ``Config`` base for model, part and training settings (dict round trips, validation)."""
+"""Typed configuration: one ``Config`` base for model, part, training, data and logging settings (dict round trips,
+validation)."""
 
 from __future__ import annotations
 
@@ -189,3 +190,31 @@ class TrainConfig(Config):
             raise ConfigError(f"seed must be an integer between -2**40 and 2**40, got {self.seed!r}")
         if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+#: how ``latent.png`` draws codes of more than two dimensions
+LATENT_PLOTS = ("tsne", "pca")
+
+
+@dataclass
+class DataConfig(Config):
+    """What a run trains and is scored on (``config.json``'s ``data`` section)."""
+
+    dataset: str = option("mnist", "a registered dataset (genkit list --kind datasets) or a folder of images")
+    data_dir: str | None = option(None, f"where datasets live [default: ${DATA_ENV}, else downloaded]")
+    limit: int | None = option(None, "use at most N training and N test images (quick runs)")
+    stream: bool = option(False, "read an image folder's training images from disk every epoch, not held in memory")
+    noise: str | None = option(None, "train a denoiser on inputs with this noise, e.g. gaussian:0.5")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"limit must be positive, got {self.limit}")
+
+
+@dataclass
+class LoggingConfig(Config):
+    """What a run writes besides its results (``config.json``'s ``logging`` section)."""
+
+    tensorboard: bool = option(False, "also write TensorBoard logs to RUN/tensorboard (the tensorboard extra)")
+    latent_plot: str = option("tsne", "how latent.png draws codes of more than two dimensions", LATENT_PLOTS)

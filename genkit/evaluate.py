@@ -168,24 +168,22 @@ def evaluate_run(
     from genkit.data import ImageData, binarize, load_dataset
     from genkit.metrics import psnr_from_mse
     from genkit.registry import get_noise
-    from genkit.run import DEFAULT_EVAL_NOISE, fitted_prior
+    from genkit.run import DEFAULT_EVAL_NOISE, fitted_prior, run_data
     from genkit.train import TrainConfig, Trainer, select_device
 
     run = Path(run_dir)
     config = read_json(run / CONFIG_FILE)
-    data = config.get("data") or {}
+    data = run_data(config, run / CONFIG_FILE, data_dir)
     model = load_model(run, select_device(device)).eval()
     if prior is not None and prior != model.prior.name:
         log(f"{prior} prior: {fitted_prior(run, model, prior, data_dir)}")
-    dataset = data.get("dataset") or "mnist"
-    _, test = load_dataset(dataset, data_dir or data.get("data_dir"), model.config.image_size,
-                           model.config.image_channels)  # fmt: skip
-    test = test.subset(limit or data.get("limit"))
+    _, test = load_dataset(data.dataset, data.data_dir, model.config.image_size, model.config.image_channels)
+    test = test.subset(limit or data.limit)
     binarized = bool((config.get("train") or {}).get("binarize"))
     images = binarize(test.images, seed) if binarized else test.images
-    log(f"evaluating {run} ({config.get('model')}) on {len(images)} test images of {dataset}"
+    log(f"evaluating {run} ({config.get('model')}) on {len(images)} test images of {data.dataset}"
         + (", binarised" if binarized else ""))  # fmt: skip
-    transform = get_noise(noise or data.get("noise") or DEFAULT_EVAL_NOISE)
+    transform = get_noise(noise or data.noise or DEFAULT_EVAL_NOISE)
     trainer = Trainer(model, TrainConfig(device=device, seed=seed, progress=False))
     scores = trainer.evaluate(ImageData(images, test.labels, test.name, test.classes), transform)
     scores["psnr"] = psnr_from_mse(scores["mse"])
@@ -200,6 +198,6 @@ def evaluate_run(
             estimate = estimate_nll(model, images, samples, seed=seed, progress=sys.stderr.isatty())
             record["nll"] = {**asdict(estimate), "prior": model.prior.name}
     if fid_samples:
-        record["fid"] = sample_fid(model, test.images, fid_samples, dataset, log)
+        record["fid"] = sample_fid(model, test.images, fid_samples, data.dataset, log)
     update_eval_file(run, record)
     return record

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from genkit.checkpoint import TRAIN_SETTINGS_BEFORE, model_request
+from genkit.config import DataConfig, LoggingConfig
 from genkit.errors import CheckpointError, ConfigError
 from genkit.files import require_regular_file
 from genkit.train import TrainConfig
 
 #: the sections of an experiment file (``genkit_version`` and ``format`` are what config.json records besides)
 SECTIONS = ("model", "model_config", "parts", "train", "data", "logging", "genkit_version", "format")
-DATA_KEYS = ("dataset", "data_dir", "limit", "stream", "noise")
 
 
 @dataclass
@@ -40,10 +40,10 @@ class Experiment:
     model: str
     parts: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  #: model options and ``"part.key"`` options
-    train: dict[str, Any] = field(default_factory=dict)  #: TrainConfig fields
-    data: dict[str, Any] = field(default_factory=dict)  #: dataset, data_dir, limit, stream, noise
-    tensorboard: bool = False
-    latent_plot: str | None = None
+    #: the fields of TrainConfig, DataConfig and LoggingConfig the file sets (the command line's go on top)
+    train: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    logging: dict[str, Any] = field(default_factory=dict)
 
 
 def read_experiment(path: str | Path) -> Experiment:
@@ -63,18 +63,11 @@ def read_experiment(path: str | Path) -> Experiment:
         model, parts, options = model_request({"model_config": {}, **content}, path)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    train, data, logging = (_table(content, key, path) for key in ("train", "data", "logging"))
-    TrainConfig.from_dict(train, owner=f"{path} [train]")  # checked here, used with the command line's on top
-    unknown = sorted(map(str, set(data) - set(DATA_KEYS)))
-    if unknown:
-        raise ConfigError(f"{path} [data]: unknown key(s) {', '.join(unknown)} (known: {', '.join(DATA_KEYS)})")
-    if (
-        set(logging) - {"tensorboard", "latent_plot"}
-        or not isinstance(logging.get("tensorboard", False), bool)
-        or logging.get("latent_plot", "tsne") not in ("tsne", "pca")
-    ):
-        raise ConfigError(f'{path} [logging]: known are tensorboard = true|false and latent_plot = "tsne"|"pca"')
-    return Experiment(model, parts, options, train, data, logging.get("tensorboard", False), logging.get("latent_plot"))
+    configs = {"train": TrainConfig, "data": DataConfig, "logging": LoggingConfig}
+    tables = {key: _table(content, key, path) for key in configs}
+    for key, config in configs.items():  # checked here, used with the command line's on top
+        config.from_dict(tables[key], owner=f"{path} [{key}]")
+    return Experiment(model, parts, options, **tables)
 
 
 def _parse(path: Path) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torchvision.utils import save_image
 
+from genkit.config import LATENT_PLOTS
 from genkit.data import ImageData
 from genkit.errors import ConfigError
 from genkit.files import atomic_write, image_format
@@ -66,16 +67,12 @@ def latent_codes(model: Model, images: torch.Tensor, batch_size: int = 1000) -> 
     )
 
 
-#: how ``latent.png`` draws codes of more than two dimensions
-PROJECTIONS = ("tsne", "pca")
-
-
 def project_2d(codes: torch.Tensor, method: str = "tsne") -> tuple[torch.Tensor, str]:
     """Codes as 2-D points, and the name of the axes: the codes themselves when 1- or 2-D; else a t-SNE
     embedding (scikit-learn), which keeps neighbours together so that classes separate as they do in the
     latent space, or ``method="pca"``: the first two principal components (linear, often one mixed blob)."""
-    if method not in PROJECTIONS:
-        raise ConfigError(f"unknown latent projection {method!r}: use {' or '.join(PROJECTIONS)}")
+    if method not in LATENT_PLOTS:
+        raise ConfigError(f"unknown latent projection {method!r}: use {' or '.join(LATENT_PLOTS)}")
     if codes.shape[1] == 1:
         return torch.cat([codes, torch.zeros_like(codes)], 1), "z"
     # too few (distinct) codes to project: the first two coordinates. Identical codes (a collapsed or barely
@@ -234,7 +231,7 @@ def write_pictures(
     latent_plot: str = "tsne",
 ) -> list[Path]:
     """Write every picture of a run into ``out``; returns their paths. ``trained_on``: the training noise;
-    ``latent_plot``: how codes of more than two dimensions are drawn (``PROJECTIONS``)."""
+    ``latent_plot``: how codes of more than two dimensions are drawn (``LATENT_PLOTS``)."""
     model.eval()
     paths = {
         name: out / f"{name}.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from genkit.checkpoint import (
     upgrade_config,
     write_json,
 )
+from genkit.config import DataConfig, LoggingConfig
 from genkit.data import ImageData, ImageFolderStream, dataset_shape, load_dataset
 from genkit.errors import CheckpointError, ConfigError, GenkitError, PluginError, RunExistsError, TrainingError
 from genkit.metrics import mean_image_mse
@@ -111,14 +113,13 @@ def _refuse_existing(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _load_data(
-    dataset: str, data_dir: str | None, model: Model, limit: int | None, stream: bool = False
-) -> tuple[ImageData | ImageFolderStream, ImageData]:
-    train, test = load_dataset(dataset, data_dir, model.config.image_size, model.config.image_channels, stream)
+def _load_data(data: DataConfig, model: Model) -> tuple[ImageData | ImageFolderStream, ImageData]:
+    size, channels = model.config.image_size, model.config.image_channels
+    train, test = load_dataset(data.dataset, data.data_dir, size, channels, data.stream)
     for split in (train, test):
         if isinstance(split, ImageData) and not torch.isfinite(split.images).all():
-            raise ConfigError(f"dataset {dataset} contains NaN or infinite pixel values")
-    return train.subset(limit), test.subset(limit)
+            raise ConfigError(f"dataset {data.dataset} contains NaN or infinite pixel values")
+    return train.subset(data.limit), test.subset(data.limit)
 
 
 def _try_one_batch(model: Model, data: ImageData | ImageFolderStream) -> None:
@@ -148,22 +149,16 @@ def _prepare(
     model_options: dict[str, Any] | None,
     parts: dict[str, str] | None,
     train: TrainConfig,
-    dataset: str,
-    data_dir: str | None,
-    limit: int | None,
-    stream: bool = False,
-    noise: str | None = None,
+    data: DataConfig,
 ) -> tuple[Model, ImageData | ImageFolderStream, ImageData]:
-    if limit is not None and limit <= 0:
-        raise ConfigError(f"limit must be positive, got {limit}")
-    if noise is not None:
-        get_noise(noise)  # a bad spec fails before the data is read
+    if data.noise is not None:
+        get_noise(data.noise)  # a bad spec fails before the data is read
     torch.manual_seed(train.seed)
-    native = dataset_shape(dataset)  # a registered dataset's images set the model's shape unless it is given
+    native = dataset_shape(data.dataset)  # a registered dataset's images set the model's shape unless it is given
     if native:
         model_options = {"image_size": native[0], "image_channels": native[1], **(model_options or {})}
     model = get_model(model_name, **(parts or {}), **(model_options or {}))
-    train_data, test_data = _load_data(dataset, data_dir, model, limit, stream)
+    train_data, test_data = _load_data(data, model)
     _try_one_batch(model, train_data)
     return model, train_data, test_data
 
@@ -172,21 +167,17 @@ def check_run(
     model_name: str,
     model_options: dict[str, Any] | None = None,
     train: TrainConfig | None = None,
-    dataset: str = "mnist",
-    data_dir: str | None = None,
+    data: DataConfig | None = None,
+    *,
+    parts: dict[str, str] | None = None,
+    logging: LoggingConfig | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    limit: int | None = None,
-    stream: bool = False,
-    noise: str | None = None,
-    parts: dict[str, str] | None = None,
-    tensorboard: bool = False,
-    latent_plot: str = "tsne",
 ) -> None:
     """What ``start_run`` checks before it trains, writing nothing (run before launching processes)."""
-    if tensorboard:
+    if logging and logging.tensorboard:
         require_tensorboard()
-    _prepare(model_name, model_options, parts, train or TrainConfig(), dataset, data_dir, limit, stream, noise)
+    _prepare(model_name, model_options, parts, train or TrainConfig(), data or DataConfig())
     if out is not None:
         _refuse_existing(Path(out), overwrite)
 
@@ -195,44 +186,30 @@ def start_run(
     model_name: str,
     model_options: dict[str, Any] | None = None,
     train: TrainConfig | None = None,
-    dataset: str = "mnist",
-    data_dir: str | None = None,
+    data: DataConfig | None = None,
+    *,
+    parts: dict[str, str] | None = None,
+    logging: LoggingConfig | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    limit: int | None = None,
-    stream: bool = False,
-    noise: str | None = None,
-    parts: dict[str, str] | None = None,
     log: Log = print,
-    tensorboard: bool = False,
-    latent_plot: str = "tsne",
 ) -> Path:
     """Train ``model_name`` from scratch and write a run folder; returns its path.
 
     ``parts`` chooses other parts by registry name (``{"prior": "vamp", "loss": "iwae"}``) and ``model_options``
-    sets model and part options (``{"latent": 16, "loss.k": 5}``), as for ``genkit.get_model``. ``noise`` (a spec
-    such as ``gaussian:0.5``) trains a denoiser. ``stream`` reads an image folder's training images from disk
-    every epoch instead of holding them in memory. ``tensorboard`` also writes TensorBoard logs under
-    ``RUN/tensorboard`` (the ``tensorboard`` package is an extra). ``latent_plot`` (tsne or pca) is how
-    ``latent.png`` draws codes of more than two dimensions.
+    sets model and part options (``{"latent": 16, "loss.k": 5}``), as for ``genkit.get_model``. ``data`` names
+    the dataset (``DataConfig(noise="gaussian:0.5")`` trains a denoiser) and ``logging`` what is written besides
+    the results (TensorBoard logs, how ``latent.png`` is drawn). The run folder is ``out`` or
+    ``runs/MODEL-DATASET``; one holding files is written into only with ``overwrite``.
     """
-    train = train or TrainConfig()
-    if tensorboard:
+    train, data, logging = train or TrainConfig(), data or DataConfig(), logging or LoggingConfig()
+    if logging.tensorboard:
         require_tensorboard()  # before anything is written
-    if latent_plot not in report.PROJECTIONS:
-        raise ConfigError(f"unknown latent plot {latent_plot!r}: use {' or '.join(report.PROJECTIONS)}")
-    model, train_data, test_data = _prepare(
-        model_name, model_options, parts, train, dataset, data_dir, limit, stream, noise
-    )
+    model, train_data, test_data = _prepare(model_name, model_options, parts, train, data)
     # joins the process group when launched by torchrun
-    trainer = Trainer(model, train, noise=get_noise(noise) if noise else None)
-    run_dir = _on_main(lambda: new_run_dir(model_name, dataset, out, overwrite, log))
-    config = {
-        **run_config(model),
-        "train": train.to_dict(),
-        "data": {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise},
-        "logging": {"tensorboard": tensorboard, "latent_plot": latent_plot},
-    }
+    trainer = Trainer(model, train, noise=get_noise(data.noise) if data.noise else None)
+    run_dir = _on_main(lambda: new_run_dir(model_name, data.dataset, out, overwrite, log))
+    config = {**run_config(model), "train": train.to_dict(), "data": data.to_dict(), "logging": logging.to_dict()}
     with _held(run_dir):
         if distributed.is_main():
             write_json(run_dir / CONFIG_FILE, config)
@@ -283,28 +260,14 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
     given = {"epochs": epochs, "progress": progress}
     try:
         train = TrainConfig.from_dict({**config["train"], **{k: v for k, v in given.items() if v is not None}})
-        data = config["data"]
-        if data_dir and isinstance(data, dict):
-            data = {**data, "data_dir": data_dir}
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{run / CONFIG_FILE} is incomplete ({exc}); start a new run") from None
     except ConfigError as exc:
         raise CheckpointError(f"{run / CONFIG_FILE}: {exc}") from None
-    limit = data.get("limit") if isinstance(data, dict) else None
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("dataset"), str)
-        or not isinstance(data.get("data_dir"), (str, type(None)))
-        or not (limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0))
-        or not isinstance(data.get("noise"), (str, type(None)))
-    ):
-        raise CheckpointError(
-            f"{run / CONFIG_FILE} is damaged: its data must name a dataset, a data_dir or null, "
-            "a positive limit or null, and a noise spec or null"
-        )
+    data = run_data(config, run / CONFIG_FILE, data_dir)
     model = build_model_from_config(config, run / CONFIG_FILE)
     try:
-        noise = get_noise(data["noise"]) if data.get("noise") else None
+        noise = get_noise(data.noise) if data.noise else None
         trainer = Trainer(model, train, noise=noise)
     except ConfigError as exc:  # e.g. a device this machine does not have
         raise CheckpointError(f"{run / CONFIG_FILE}: {exc}") from None
@@ -320,7 +283,8 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
         save_weights(model, run / WEIGHTS_FILE)  # the checkpoint is the truth: repair lagging or damaged weights
     extended = config["train"].get("epochs") != train.epochs
     # recorded as this release writes it (a genkit 0.1 run is upgraded), with the new number of epochs
-    config = {**run_config(model), "train": train.to_dict(), "data": data, "logging": _logging(config)}
+    logging = _logging(config).to_dict()
+    config = {**run_config(model), "train": train.to_dict(), "data": data.to_dict(), "logging": logging}
     if distributed.is_main():
         write_json(run / CONFIG_FILE, config)
     note = ""
@@ -328,8 +292,7 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
         lr = trainer.learning_rate(trainer.epoch)
         note = f"; the cosine decay now spans {train.epochs} epochs, so the learning rate starts again at {lr:.3g}"
     log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}{note}")
-    stream = data.get("stream") is True
-    train_data, test_data = _load_data(data["dataset"], data.get("data_dir"), model, data.get("limit"), stream)
+    train_data, test_data = _load_data(data, model)
     return _train_and_report(run, config, model, trainer, train_data, test_data, log)
 
 
@@ -337,16 +300,23 @@ def _silent(message: str) -> None:
     """Processes other than the main one print nothing."""
 
 
-def _logging(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's logging and picture settings from its config, with the defaults for what is missing or damaged
-    (runs before genkit 0.2 recorded none)."""
-    recorded = config.get("logging")
-    recorded = recorded if isinstance(recorded, dict) else {}
-    plot = recorded.get("latent_plot")
-    return {
-        "tensorboard": recorded.get("tensorboard") is True,
-        "latent_plot": plot if plot in report.PROJECTIONS else report.PROJECTIONS[0],
-    }
+def run_data(config: dict[str, Any], path: Path, data_dir: str | None = None) -> DataConfig:
+    """A run's data settings from its config (read from ``path``), with the dataset on this machine's ``data_dir``
+    when one is given."""
+    try:
+        data = DataConfig.from_dict(config.get("data"), owner="its data section")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} is damaged: {exc}") from None
+    return dataclasses.replace(data, data_dir=data_dir or data.data_dir)
+
+
+def _logging(config: dict[str, Any]) -> LoggingConfig:
+    """A run's logging and picture settings from its config; the defaults where they are missing or damaged (runs
+    before genkit 0.2 recorded none), as they change no result."""
+    try:
+        return LoggingConfig.from_dict(config.get("logging") or {})
+    except ConfigError:
+        return LoggingConfig()
 
 
 def _train_and_report(
@@ -371,7 +341,7 @@ def _train_and_report(
     trainer.callbacks += [StopOnNonFiniteWeights(), checkpoint]
     if not distributed.is_main():
         log = _silent
-    elif _logging(config)["tensorboard"]:
+    elif _logging(config).tensorboard:
         trainer.callbacks.append(TensorBoardLogger(run_dir / LOG_FOLDER, flat_settings(config), test.images))
     summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
@@ -406,7 +376,7 @@ def _train_and_report(
         save_weights(model, run_dir / WEIGHTS_FILE)
         log(f"fitted the {model.prior.name or 'prior'} prior to the training codes")
     write_json(run_dir / METRICS_FILE, metrics)
-    plot = _logging(config)["latent_plot"]
+    plot = _logging(config).latent_plot
     trained_on = config["data"].get("noise")
     report.write_pictures(model, test, history, noise, run_dir, trained_on, plot)
     if final:
@@ -454,9 +424,6 @@ def fitted_prior(run_dir: str | os.PathLike[str], model: Model, name: str, data_
 def training_images(run_dir: str | os.PathLike[str], model: Model, data_dir: str | None = None) -> torch.Tensor:
     """A finished run's training images, to fit priors and code models to their codes (a streamed folder may not
     fit in memory: at most its first ``FIT_IMAGES``)."""
-    data = read_json(Path(run_dir) / CONFIG_FILE).get("data") or {}
-    stream = data.get("stream") is True
-    train, _ = _load_data(
-        data.get("dataset", "mnist"), data_dir or data.get("data_dir"), model, data.get("limit"), stream
-    )
+    path = Path(run_dir) / CONFIG_FILE
+    train, _ = _load_data(run_data(read_json(path), path, data_dir), model)
     return train.images if isinstance(train, ImageData) else train.head(FIT_IMAGES)

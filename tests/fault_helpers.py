@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from genkit.config import DataConfig
 from genkit.run import start_run
 from genkit.train import TrainConfig
 
@@ -55,7 +56,7 @@ def write_images(folder: Path, n: int, size: int = 28, channels: int = 1, seed: 
 def tiny_run(out: Path, images: Path, epochs: int = 1) -> Path:
     """A finished run of the tiny ae on ``images`` in ``out``."""
     config = TrainConfig(epochs=epochs, batch_size=16, progress=False)
-    return start_run("ae", dict(TINY), config, str(images), out=out, log=lambda _: None)
+    return start_run("ae", dict(TINY), config, DataConfig(str(images)), out=out, log=lambda _: None)
 
 
 def png_bomb(path: Path, side: int = 30000) -> Path:

@@ -8,6 +8,7 @@ import torch
 from torchvision.utils import save_image
 
 from genkit.cli import main
+from genkit.config import DataConfig
 
 RUN_FILES = {
     "config.json",
@@ -293,7 +294,9 @@ def test_the_closing_line_calls_an_output_denoised_only_for_a_denoiser(tmp_path)
     for noise, said in ((None, "dB model output, not trained as a denoiser (gaussian:0.5)"),
                         ("gaussian:0.3", "dB denoised (gaussian:0.3)")):  # fmt: skip
         lines: list[str] = []
-        start_run("ae", dict(TINY), config, str(images), out=tmp_path / str(noise), noise=noise, log=lines.append)
+        start_run(
+            "ae", dict(TINY), config, DataConfig(str(images), noise=noise), out=tmp_path / str(noise), log=lines.append
+        )
         assert lines[-1].startswith("done: test MSE ") and said in lines[-1]
 
 
@@ -308,7 +311,7 @@ def test_a_model_no_better_than_the_mean_image_is_called_untrained_before_the_cl
     lines: list[str] = []
     config = TrainConfig(epochs=1, batch_size=16, lr=1e-12, progress=False)  # the untrained net's grey images
     images_dir = str(write_images(tmp_path / "images", 32))
-    start_run("ae", dict(TINY), config, images_dir, out=tmp_path / "R", log=lines.append)
+    start_run("ae", dict(TINY), config, DataConfig(images_dir), out=tmp_path / "R", log=lines.append)
     warning, done = lines[-2:]
     assert warning.startswith("warning: test MSE ") and "no better than the mean test image's" in warning
     assert "see reconstructions.png" in warning and (tmp_path / "R" / "reconstructions.png").is_file()

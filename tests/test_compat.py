@@ -8,6 +8,7 @@ import torch
 
 from genkit.checkpoint import load_model, read_json
 from genkit.cli import main
+from genkit.config import DataConfig
 from genkit.run import resume_run
 
 OLD = Path(__file__).parent / "data" / "genkit-0.1"
@@ -66,7 +67,9 @@ def test_a_run_started_from_python_keeps_its_parts_on_resume_and_reload(image_fo
     options = {"latent": 2, "channels": 4, "hidden": 16, "loss.k": 2, "prior.components": 3}
     train = TrainConfig(epochs=1, batch_size=16, progress=False)
     parts = {"prior": "mog", "loss": "iwae"}
-    run = start_run("vae-conv", options, train, str(image_folder), out=tmp_path / "r", parts=parts, log=lambda _: None)
+    run = start_run(
+        "vae-conv", options, train, DataConfig(str(image_folder)), out=tmp_path / "r", parts=parts, log=lambda _: None
+    )
     after_one = load_model(run).prior.means.clone()
     resume_run(run, epochs=2, log=lambda _: None)
     model = load_model(run)

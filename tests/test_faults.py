@@ -356,9 +356,14 @@ DAMAGE = {
         "config.json",
         tampered_config(lambda c: c["data"].update(noise=5)),
         None,
-        "a noise spec or null",
+        "is damaged: its data section: noise must be a string, got 5",
     ),
-    "config-data": ("config.json", tampered_config(lambda c: c.update(data=None)), None, "is damaged: its data"),
+    "config-data": (
+        "config.json",
+        tampered_config(lambda c: c.update(data=None)),
+        None,
+        "is damaged: the options of its data section must be a JSON object",
+    ),
 }
 
 

@@ -9,6 +9,7 @@ import torch
 
 import genkit
 from genkit.checkpoint import load_checkpoint, load_model, load_weights, save_weights
+from genkit.config import DataConfig
 from genkit.data import ImageData, load_dataset
 from genkit.run import resume_run, start_run
 from genkit.train import TrainConfig, Trainer, device_name
@@ -137,7 +138,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_
         "vae-conv",
         options,
         TrainConfig(epochs=3, batch_size=16, **CONSTANT_RATE, **QUIET),
-        str(image_folder),
+        DataConfig(str(image_folder)),
         out=tmp_path / "full",
         log=lambda _: None,
     )
@@ -145,7 +146,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_
         "vae-conv",
         options,
         TrainConfig(epochs=1, batch_size=16, **CONSTANT_RATE, **QUIET),
-        str(image_folder),
+        DataConfig(str(image_folder)),
         out=tmp_path / "part",
         log=lambda _: None,
     )
@@ -161,7 +162,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(image_folder, tmp_
 def test_extending_a_cosine_run_says_that_its_learning_rate_rises_again(image_folder, tmp_path):
     options = {"latent": 3, "channels": 4, "hidden": 16}
     config = TrainConfig(epochs=1, batch_size=32, **QUIET)
-    run = start_run("ae", options, config, str(image_folder), out=tmp_path / "r", log=lambda _: None)
+    run = start_run("ae", options, config, DataConfig(str(image_folder)), out=tmp_path / "r", log=lambda _: None)
     said = []
     resume_run(run, epochs=2, log=said.append)
     # the default lr 0.002 halfway through the cosine decay of the 2 epochs it now spans (the warm-up is over)
@@ -201,7 +202,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(plugin_site,
     with pytest.raises(
         genkit.TrainingError, match=r"loss became nan at epoch 2, step 3.*checkpoint of epoch 1 is kept"
     ):
-        start_run("nan-vae", options, config, str(image_folder), out=out, limit=None, log=lambda _: None)
+        start_run("nan-vae", options, config, DataConfig(str(image_folder)), out=out, log=lambda _: None)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     model = load_model(out)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -212,17 +213,10 @@ def test_run_refuses_existing_folder(image_folder, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
+    data = DataConfig(str(image_folder))
     with pytest.raises(genkit.RunExistsError, match="--overwrite"):
-        start_run("ae", {"channels": 4}, TrainConfig(epochs=1, **QUIET), str(image_folder), out=out, log=lambda _: None)
-    start_run(
-        "ae",
-        {"channels": 4},
-        TrainConfig(epochs=1, **QUIET),
-        str(image_folder),
-        out=out,
-        overwrite=True,
-        log=lambda _: None,
-    )
+        start_run("ae", {"channels": 4}, TrainConfig(epochs=1, **QUIET), data, out=out, log=lambda _: None)
+    start_run("ae", {"channels": 4}, TrainConfig(epochs=1, **QUIET), data, out=out, overwrite=True, log=lambda _: None)
     assert (out / "notes.txt").read_text() == "my notes"
     assert (out / "model.safetensors").is_file()
 
@@ -309,11 +303,15 @@ def test_streamed_folder_trains_and_resumes_like_an_uninterrupted_run(image_fold
 
     options = {"latent": 3, "channels": 4, "hidden": 16}
     config = TrainConfig(epochs=4, batch_size=16, lr=3e-3, workers=0, **CONSTANT_RATE, **QUIET)
-    full = start_run("vae-conv", options, config, str(image_folder), out=tmp_path / "full", stream=True, log=print)
+    full = start_run(
+        "vae-conv", options, config, DataConfig(str(image_folder), stream=True), out=tmp_path / "full", log=print
+    )
     history = json.loads((full / "metrics.json").read_text())["epochs"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     short = TrainConfig(epochs=2, batch_size=16, lr=3e-3, workers=0, **CONSTANT_RATE, **QUIET)
-    part = start_run("vae-conv", options, short, str(image_folder), out=tmp_path / "part", stream=True, log=print)
+    part = start_run(
+        "vae-conv", options, short, DataConfig(str(image_folder), stream=True), out=tmp_path / "part", log=print
+    )
     assert json.loads((part / "config.json").read_text())["data"]["stream"] is True
     resume_run(part, epochs=4, log=lambda _: None)
     a, b = load_model(full).state_dict(), load_model(part).state_dict()
