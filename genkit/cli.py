@@ -260,7 +260,7 @@ def run(
     chosen = {"encoder": encoder, "decoder": decoder, "prior": prior, "loss": loss}
     parts = {kind: name for kind, name in chosen.items() if name}
     data = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "stream": stream, "noise": noise}
-    logging = {"tensorboard": tensorboard, "latent_plot": latent_plot}
+    logging = {k: v for k, v in {"tensorboard": tensorboard, "latent_plot": latent_plot}.items() if v}  # flags given
     if config_file:
         from genkit.experiment import read_experiment
 
@@ -272,14 +272,14 @@ def run(
         options, parts = {**kept, **options}, {**experiment.parts, **parts}
         train = {**experiment.train, **{k: v for k, v in train.items() if v is not None}}
         data.update({k: v for k, v in experiment.data.items() if k not in given and v is not None})
-        logging = {**experiment.logging, **{k: v for k, v in logging.items() if v}}
+        logging = {**experiment.logging, **logging}
     if not model:
         raise click.UsageError("name a MODEL (see genkit list), give --config FILE, or --resume RUN_DIR")
     config = _train_options(**{**train, "progress": False if quiet else None})
     request = {
         "data": DataConfig(**data),
         "parts": parts,
-        "logging": LoggingConfig.from_dict({k: v for k, v in logging.items() if v is not None}),
+        "logging": LoggingConfig.from_dict(logging),
         "out": out,
         "overwrite": overwrite,
     }

@@ -209,11 +209,9 @@ def start_run(
     # joins the process group when launched by torchrun
     trainer = Trainer(model, train, noise=get_noise(data.noise) if data.noise else None)
     run_dir = _on_main(lambda: new_run_dir(model_name, data.dataset, out, overwrite, log))
-    config = {**run_config(model), "train": train.to_dict(), "data": data.to_dict(), "logging": logging.to_dict()}
     with _held(run_dir):
-        if distributed.is_main():
-            write_json(run_dir / CONFIG_FILE, config)
-        return _train_and_report(run_dir, config, model, trainer, train_data, test_data, log)
+        config = _write_config(run_dir, model, train, data, logging)
+        return _train_and_report(run_dir, config, model, trainer, data, logging, train_data, test_data, log)
 
 
 def _held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
@@ -283,17 +281,15 @@ def _resume(run: Path, epochs: int | None, log: Log, data_dir: str | None, progr
         save_weights(model, run / WEIGHTS_FILE)  # the checkpoint is the truth: repair lagging or damaged weights
     extended = config["train"].get("epochs") != train.epochs
     # recorded as this release writes it (a genkit 0.1 run is upgraded), with the new number of epochs
-    logging = _logging(config).to_dict()
-    config = {**run_config(model), "train": train.to_dict(), "data": data.to_dict(), "logging": logging}
-    if distributed.is_main():
-        write_json(run / CONFIG_FILE, config)
+    logging = _logging(config)
+    config = _write_config(run, model, train, data, logging)
     note = ""
     if extended and train.lr_schedule == "cosine":  # only a constant rate continues as if planned from the start
         lr = trainer.learning_rate(trainer.epoch)
         note = f"; the cosine decay now spans {train.epochs} epochs, so the learning rate starts again at {lr:.3g}"
     log(f"resuming {run} after epoch {trainer.epoch} of {train.epochs}{note}")
     train_data, test_data = _load_data(data, model)
-    return _train_and_report(run, config, model, trainer, train_data, test_data, log)
+    return _train_and_report(run, config, model, trainer, data, logging, train_data, test_data, log)
 
 
 def _silent(message: str) -> None:
@@ -319,18 +315,30 @@ def _logging(config: dict[str, Any]) -> LoggingConfig:
         return LoggingConfig()
 
 
+def _write_config(
+    run_dir: Path, model: Model, train: TrainConfig, data: DataConfig, logging: LoggingConfig
+) -> dict[str, Any]:
+    """Record a run's settings in its ``config.json`` (from the main process); returns what was recorded."""
+    config = {**run_config(model), "train": train.to_dict(), "data": data.to_dict(), "logging": logging.to_dict()}
+    if distributed.is_main():
+        write_json(run_dir / CONFIG_FILE, config)
+    return config
+
+
 def _train_and_report(
     run_dir: Path,
     config: dict[str, Any],
     model: Model,
     trainer: Trainer,
+    data: DataConfig,
+    logging: LoggingConfig,
     train: ImageData | ImageFolderStream,
     test: ImageData,
     log: Log,
 ) -> Path:
     summary = {
         "model": config["model"],
-        "dataset": config["data"]["dataset"],
+        "dataset": data.dataset,
         "device": str(trainer.device),
         "device_name": device_name(trainer.device),
         "train_images": len(train),
@@ -341,7 +349,7 @@ def _train_and_report(
     trainer.callbacks += [StopOnNonFiniteWeights(), checkpoint]
     if not distributed.is_main():
         log = _silent
-    elif _logging(config).tensorboard:
+    elif logging.tensorboard:
         trainer.callbacks.append(TensorBoardLogger(run_dir / LOG_FOLDER, flat_settings(config), test.images))
     summary["processes"] = trainer.world
     log(f"training {config['model']} on {summary['dataset']} ({len(train)} images) on {trainer.device} -> {run_dir}")
@@ -376,9 +384,7 @@ def _train_and_report(
         save_weights(model, run_dir / WEIGHTS_FILE)
         log(f"fitted the {model.prior.name or 'prior'} prior to the training codes")
     write_json(run_dir / METRICS_FILE, metrics)
-    plot = _logging(config).latent_plot
-    trained_on = config["data"].get("noise")
-    report.write_pictures(model, test, history, noise, run_dir, trained_on, plot)
+    report.write_pictures(model, test, history, noise, run_dir, data.noise, logging.latent_plot)
     if final:
         if final["mse"] >= (floor := mean_image_mse(test.images)):
             log(
@@ -387,7 +393,7 @@ def _train_and_report(
                 "loss.likelihood=gaussian can cause: see reconstructions.png)"
             )
         # a model not trained on noise has never seen noisy inputs: its output is no denoised image
-        output = "denoised" if trained_on else "model output, not trained as a denoiser"
+        output = "denoised" if data.noise else "model output, not trained as a denoiser"
         log(
             f"done: test MSE {final['mse']:.5f}, PSNR {final['psnr_noisy']:.1f} dB noisy -> "
             f"{final['psnr_denoised']:.1f} dB {output} ({noise.spec}); files in {run_dir}"
