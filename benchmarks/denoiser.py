@@ -83,8 +83,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"# Denoisers on {record['dataset']} with {record['noise']} noise "
         f"({' and '.join(machines(record))}, {record['device']})",
         "",
-        f"Each autoencoder trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch {t['batch_size']}, seed "
-        f"{t['seed']}, genkit run's defaults) on noisy copies of the first {record['train_images']} training images "
+        f"Each autoencoder trains for {heldout.regime(t)} on noisy copies of the first "
+        f"{record['train_images']} training images "
         f"and is scored on noisy copies of the last {record['validation_images']} (held out; the test split is not "
         f"read). Made by `python -m benchmarks.denoiser --dataset {record['dataset']} --noise {record['noise']} "
         f"--device {record['device']}`. **Bold**: the highest PSNR.",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS, machine, machines, read_record, write_results
+from benchmarks.results_io import RESULTS, machine, machines, plural, read_record, write_results
 from genkit.data import ImageData, load_dataset
 from genkit.train import TrainConfig, Trainer
 
@@ -64,6 +64,13 @@ def chosen(parser: argparse.ArgumentParser, names: str, known: dict[str, Any]) -
 def settings(epochs: int) -> dict[str, Any]:
     """The training settings a record names: genkit run's batch size and seed, for ``epochs``."""
     return {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed}
+
+
+def regime(training: dict[str, Any], also: str = "genkit run's defaults") -> str:
+    """How a study's models were trained, as its table says it: ``"3 epochs (batch 128, seed 0, genkit run's
+    defaults)"``; ``also`` ends the parenthesis (nothing: ``""``)."""
+    rest = f", {also}" if also else ""
+    return f"{plural(training['epochs'], 'epoch')} (batch {training['batch_size']}, seed {training['seed']}{rest})"
 
 
 def train_and_score(

@@ -69,13 +69,13 @@ def best(record: dict[str, Any]) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     t, names = record["training"], ",".join(r["candidate"] for r in record["results"])
+    trained = heldout.regime(t, also="genkit run's defaults otherwise")
 
     lines = [
         f"# ae reconstruction likelihoods on {record['dataset']} ({' and '.join(machines(record))}, "
         f"{record['device']})",
         "",
-        f"Each ae (latent {record['latent']}) trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch "
-        f"{t['batch_size']}, seed {t['seed']}, genkit run's defaults otherwise) on the first "
+        f"Each ae (latent {record['latent']}) trains for {trained} on the first "
         f"{record['train_images']} training images and is scored by the MSE of its reconstructions of the last "
         f"{record['validation_images']} (held out; the test split is not read). Made by `python -m "
         f'benchmarks.likelihood --dataset {record["dataset"]} --epochs {t["epochs"]} --candidates "{names}" '

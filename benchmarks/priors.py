@@ -111,8 +111,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         f"# Ex-post priors on {record['dataset']} ({record['device_name']}, {record['device']})",
         "",
-        f"`{record['model']}` trains for {t['epochs']} epoch{'s' * (t['epochs'] != 1)} (batch {t['batch_size']}, "
-        f"seed {t['seed']}, genkit run's defaults) on the first {record['train_images']} training images "
+        f"`{record['model']}` trains for {heldout.regime(t)} on the first {record['train_images']} training images "
         f"(validation MSE {record['validation_mse']:.4f} on the last {record['validation_images']}, held out; the "
         f"test split is not read). Each prior is fitted to the training codes; FID of {record['samples']} samples "
         f"against the {record['validation_images']} held-out images ({record['fid_protocol']['implementation']}). "

@@ -19,6 +19,11 @@ RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
 
 
+def plural(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``: a count in a table's text."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def write_results(path: Path, record: dict[str, Any], table: str) -> None:
     """Write ``record`` to ``path`` (JSON) and ``table`` to the same name with ``.md``; print the table."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS, machine, machines, provenance, read_record, write_results
+from benchmarks.results_io import RESULTS, machine, machines, plural, provenance, read_record, write_results
 from genkit import fid
 from genkit.checkpoint import load_checkpoint, save_checkpoint
 from genkit.data import ImageData, binarize, load_dataset
@@ -375,7 +375,7 @@ def _earlier_rows(out: Path, settings: dict[str, Any], device: str) -> list[dict
 
 def warmup_text(epochs: int) -> str:
     """How a protocol's lr warm-up reads in a table: ``", warm-up 1 epoch"``, or nothing without one."""
-    return f", warm-up {epochs} epoch{'s' * (epochs != 1)}" if epochs else ""
+    return f", warm-up {plural(epochs, 'epoch')}" if epochs else ""
 
 
 def markdown(record: dict[str, Any]) -> str:
