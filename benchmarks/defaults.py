@@ -76,8 +76,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"# Training defaults on {record['dataset']} ({record['device_name']}, {record['device']})",
         "",
         f"Each setting trains the model's defaults for {heldout.regime(d, also='')} on the first "
-        f"{record['train_images']} training images and is "
-        f"scored on the last {record['validation_images']} (held out; the test split is not read). "
+        f"{record['train_images']} training images and is scored on the last {record['validation_images']} (held "
+        "out; the test split is not read). "
         f"Loss: the model's own, per image. The default when measured: {record['current'] or 'none of these'}. "
         "**Bold**: the lowest validation loss per model.",
         "",

@@ -84,10 +84,10 @@ def markdown(record: dict[str, Any]) -> str:
         f"({' and '.join(machines(record))}, {record['device']})",
         "",
         f"Each autoencoder trains for {heldout.regime(t)} on noisy copies of the first "
-        f"{record['train_images']} training images "
-        f"and is scored on noisy copies of the last {record['validation_images']} (held out; the test split is not "
-        f"read). Made by `python -m benchmarks.denoiser --dataset {record['dataset']} --noise {record['noise']} "
-        f"--device {record['device']}`. **Bold**: the highest PSNR.",
+        f"{record['train_images']} training images and is scored on noisy copies of the last "
+        f"{record['validation_images']} (held out; the test split is not read). Made by `python -m "
+        f"benchmarks.denoiser --dataset {record['dataset']} --noise {record['noise']} --device {record['device']}`. "
+        "**Bold**: the highest PSNR.",
         "",
     ]
     lines += heldout.table(
