@@ -2,6 +2,8 @@
 
 A model is a composition of an ``Encoder``, a ``Decoder``, a ``Prior`` and a ``Loss``; each part kind, whole
 models (presets or ``Model`` subclasses) and noise transforms are plugins found through Python entry points.
+``Trainer`` trains any model on ``ImageData``; ``start_run`` does what ``genkit run`` does and writes a run folder
+that ``load_model`` reads back.
 """
 
 import importlib
@@ -13,16 +15,20 @@ __version__ = "0.2.0"
 #: ``import genkit`` do not pay for torch until something needs it
 _EXPORTS = {
     "Batch": "genkit.parts",
+    "Callback": "genkit.train",
     "CheckpointError": "genkit.errors",
     "Config": "genkit.config",
     "ConfigError": "genkit.errors",
+    "DataConfig": "genkit.config",
     "DataError": "genkit.errors",
     "Decoder": "genkit.parts",
     "ELBOLoss": "genkit.losses",
     "Encoder": "genkit.parts",
     "FailedPlugin": "genkit.registry",
     "GenkitError": "genkit.errors",
+    "ImageData": "genkit.data",
     "LikelihoodConfig": "genkit.losses",
+    "LoggingConfig": "genkit.config",
     "Loss": "genkit.parts",
     "LossOutput": "genkit.parts",
     "Model": "genkit.model",
@@ -37,9 +43,12 @@ _EXPORTS = {
     "RunExistsError": "genkit.errors",
     "ShapeError": "genkit.errors",
     "StandardNormal": "genkit.priors",
+    "TrainConfig": "genkit.train",
+    "Trainer": "genkit.train",
     "TrainingError": "genkit.errors",
     "estimate_nll": "genkit.evaluate",
     "evaluate_run": "genkit.evaluate",
+    "fit_prior": "genkit.priors",
     "get_decoder": "genkit.registry",
     "get_encoder": "genkit.registry",
     "get_loss": "genkit.registry",
@@ -48,17 +57,23 @@ _EXPORTS = {
     "get_noise": "genkit.registry",
     "get_prior": "genkit.registry",
     "list_models": "genkit.registry",
+    "load_model": "genkit.checkpoint",
     "normal_like": "genkit.noise",
     "option": "genkit.config",
     "reconstruction_nll": "genkit.losses",
     "require_density": "genkit.parts",
     "require_trained_prior": "genkit.parts",
+    "resume_run": "genkit.run",
+    "save_run": "genkit.checkpoint",
     "seeded_generator": "genkit.noise",
+    "start_run": "genkit.run",
     "uniform_like": "genkit.noise",
 }
 
 if TYPE_CHECKING:  # the same names, for type checkers, IDEs and the API docs (griffe reads this statically)
-    from genkit.config import Config, ModelConfig, option
+    from genkit.checkpoint import load_model, save_run
+    from genkit.config import Config, DataConfig, LoggingConfig, ModelConfig, option
+    from genkit.data import ImageData
     from genkit.errors import (
         CheckpointError,
         ConfigError,
@@ -85,7 +100,7 @@ if TYPE_CHECKING:  # the same names, for type checkers, IDEs and the API docs (g
         require_density,
         require_trained_prior,
     )
-    from genkit.priors import StandardNormal
+    from genkit.priors import StandardNormal, fit_prior
     from genkit.registry import (
         FailedPlugin,
         get_decoder,
@@ -97,6 +112,8 @@ if TYPE_CHECKING:  # the same names, for type checkers, IDEs and the API docs (g
         get_prior,
         list_models,
     )
+    from genkit.run import resume_run, start_run
+    from genkit.train import Callback, TrainConfig, Trainer
 
 __all__ = sorted(_EXPORTS)
 
