@@ -43,7 +43,7 @@ def run(
         "dataset": dataset,
         "train_images": len(fit),
         "validation_images": len(valid),
-        "defaults": heldout.settings(epochs),
+        "training": heldout.settings(epochs),
         "current": current_setting(),
         **provenance(device),
         "results": [],
@@ -71,11 +71,11 @@ def best(record: dict[str, Any], model: str) -> str:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    d = record["defaults"]
+    t = record["training"]
     lines = [
         f"# Training defaults on {record['dataset']} ({record['device_name']}, {record['device']})",
         "",
-        f"Each setting trains the model's defaults for {heldout.regime(d, also='')} on the first "
+        f"Each setting trains the model's defaults for {heldout.regime(t, also='')} on the first "
         f"{record['train_images']} training images and is scored on the last {record['validation_images']} (held "
         "out; the test split is not read). "
         f"Loss: the model's own, per image. The default when measured: {record['current'] or 'none of these'}. "
