@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import write_results
 from genkit.data import ImageData
 from genkit.train import TrainConfig, select_device
 
@@ -39,15 +39,8 @@ def current_setting() -> str | None:
 def run(
     dataset: str, fit: ImageData, valid: ImageData, models: list[str], device: torch.device, out: Path, epochs: int
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "dataset": dataset,
-        "train_images": len(fit),
-        "validation_images": len(valid),
-        "training": heldout.settings(epochs),
-        "current": current_setting(),
-        **provenance(device),
-        "results": [],
-    }
+    record = heldout.new_record(dataset, fit, valid, epochs, device, current=current_setting())
+    record["results"] = []
     for name in models:
         for setting, options in CANDIDATES.items():
             print(f"== {name}: {setting}", flush=True)

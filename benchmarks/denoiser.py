@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import machines, provenance
+from benchmarks.results_io import machines
 from genkit.data import ImageData
 from genkit.train import select_device
 
@@ -49,14 +49,7 @@ def run(
     out: Path,
     epochs: int,
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "dataset": dataset,
-        "noise": noise,
-        "train_images": len(fit),
-        "validation_images": len(valid),
-        "training": heldout.settings(epochs),
-        **provenance(device),
-    }
+    record = heldout.new_record(dataset, fit, valid, epochs, device, noise=noise)
 
     def measure(name: str) -> dict[str, Any]:
         model, scores, seconds = heldout.train_and_score("ae", CANDIDATES[name], fit, valid, device, epochs, noise)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import genkit
-from benchmarks.results_io import RESULTS, machine, machines, plural, read_record, write_results
+from benchmarks.results_io import RESULTS, machine, machines, plural, provenance, read_record, write_results
 from genkit.data import ImageData, load_dataset
 from genkit.train import TrainConfig, Trainer
 
@@ -61,9 +61,20 @@ def chosen(parser: argparse.ArgumentParser, names: str, known: dict[str, Any]) -
     return candidates
 
 
-def settings(epochs: int) -> dict[str, Any]:
-    """The training settings a record names: genkit run's batch size and seed, for ``epochs``."""
-    return {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed}
+def new_record(
+    dataset: str, fit: ImageData, valid: ImageData, epochs: int, device: torch.device, **fields: Any
+) -> dict[str, Any]:
+    """How a study's record starts: the data and its two parts' sizes, the training settings (genkit run's batch
+    size and seed, for ``epochs``), the study's own ``fields`` and what measured it."""
+    training = {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed}
+    return {
+        "dataset": dataset,
+        "train_images": len(fit),
+        "validation_images": len(valid),
+        "training": training,
+        **fields,
+        **provenance(device),
+    }
 
 
 def regime(training: dict[str, Any], also: str = "genkit run's defaults") -> str:

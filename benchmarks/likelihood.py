@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import machines, provenance
+from benchmarks.results_io import machines
 from genkit.data import ImageData
 from genkit.train import select_device
 
@@ -40,14 +40,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 def run(
     dataset: str, fit: ImageData, valid: ImageData, candidates: list[str], device: torch.device, out: Path, epochs: int
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "dataset": dataset,
-        "train_images": len(fit),
-        "validation_images": len(valid),
-        "training": heldout.settings(epochs),
-        "latent": LATENT,
-        **provenance(device),
-    }
+    record = heldout.new_record(dataset, fit, valid, epochs, device, latent=LATENT)
 
     def measure(name: str) -> dict[str, Any]:
         options = {"latent": LATENT, **CANDIDATES[name]}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks import heldout
-from benchmarks.results_io import provenance, write_results
+from benchmarks.results_io import write_results
 from genkit import ConfigError, fid
 from genkit.data import ImageData
 from genkit.priors import fit_prior
@@ -59,20 +59,20 @@ def run(
     model, scores, train_seconds = heldout.train_and_score(model_name, {}, fit, valid, device, epochs)
     key = f"{dataset}-train-last-{len(valid)}"  # the held-out images: the last ones of the training split
     reference = fid.reference_statistics(key, valid.images, device=device, progress=progress)
-    record: dict[str, Any] = {
-        "dataset": dataset,
-        "model": model_name,
-        "train_images": len(fit),
-        "validation_images": len(valid),
-        "samples": samples,
-        "candidates": candidates,
-        "training": heldout.settings(epochs),
-        "validation_mse": scores["mse"],
-        "train_seconds": train_seconds,
-        "fid_protocol": fid.protocol(),
-        **provenance(device),
-        "results": [],
-    }
+    record = heldout.new_record(
+        dataset,
+        fit,
+        valid,
+        epochs,
+        device,
+        model=model_name,
+        samples=samples,
+        candidates=candidates,
+        validation_mse=scores["mse"],
+        train_seconds=train_seconds,
+        fid_protocol=fid.protocol(),
+    )
+    record["results"] = []
     for name in candidates:
         print(f"== {name}", flush=True)
         prior, options = CANDIDATES[name]
