@@ -174,10 +174,12 @@ class TrainConfig(Config):
     )
     seed: int = option(0, "fixes initialisation, shuffling, noise, the loss's draws and sampling")
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    amp: bool | None = option(None, "bf16 autocast: null = on CUDA only, true = also on the CPU, false = never")
+    amp: bool | None = option(
+        None, "bf16 autocast: unset (null) on CUDA only, on (true) on the CPU too, off (false) never"
+    )
     compile: bool = option(False, "torch.compile the loss computation (pays off on GPUs for long runs)")
     channels_last: bool = option(False, "convert 4-d weights to channels-last (opt-in: a .view() after a conv fails)")
-    progress: bool | None = option(None, "show a progress bar: null = when stderr is a terminal")
+    progress: bool | None = option(None, "show a progress bar: unset (null) when stderr is a terminal")
     eval_batch_size: int = option(1000, "images per batch when evaluating")
     workers: int = option(2, "DataLoader worker processes for a dataset streamed from disk (--stream)")
 
