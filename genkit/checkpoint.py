@@ -137,8 +137,9 @@ def save_weights(model: Model, path: Path) -> None:
     save_tensors(model, path, metadata={"model": model.name})
 
 
-#: config.json format: 1 (genkit 0.1) named only the model and, optionally, a prior; 2 names all four parts.
-FORMAT = 2
+#: config.json format: 1 (genkit 0.1) named only the model and, optionally, a prior; 2 names all four parts; 3: the
+#: gaussian likelihood's mean reaches ``margin`` past black and white (before, it was the plain sigmoid: margin 0).
+FORMAT = 3
 
 
 def model_parts(model: Model) -> dict[str, dict[str, Any]]:
@@ -188,13 +189,18 @@ TRAIN_SETTINGS_BEFORE = {"lr_schedule": "constant", "lr_warmup": 0}
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """An older config.json read as today's (in memory): training settings it predates keep the values it trained
-    with, and a format-1 file's noise moves from the training to the data settings, its KL warm-up from the
-    training settings to the loss's options."""
+    with, a format-2 gaussian likelihood keeps its plain sigmoid (margin 0), and a format-1 file's noise moves from
+    the training to the data settings, its KL warm-up from the training settings to the loss's options."""
     config = {**config}
     train = config.get("train")
     if isinstance(train, dict):
         config["train"] = train = {**TRAIN_SETTINGS_BEFORE, **train}
     if "parts" in config:
+        parts = config["parts"]
+        loss = parts.get("loss") if isinstance(parts, dict) else None
+        options = loss.get("options") if isinstance(loss, dict) else None
+        if config.get("format") == 2 and isinstance(options, dict) and options.get("likelihood") == "gaussian":
+            config["parts"] = {**parts, "loss": {**loss, "options": {**options, "margin": 0.0}}}
         return config
     if isinstance(train, dict):
         noise, warmup = train.pop("noise", None), train.pop("kl_warmup", 0)

@@ -31,9 +31,9 @@ SCALES = ("fixed", "decoded")
 LOG_SCALE_RANGE = 4.0
 #: grey levels of the ``logistic`` likelihood (8-bit images)
 LEVELS = 256
-#: how far past black and white the ``logistic`` likelihood's location reaches by default, so that pure black and
-#: white get mass near 1 (MNIST is mostly exact 0 and 255): at scale 0.06 a black pixel costs 0.01 bits, where
-#: 0.1 cost 0.24
+#: how far past black and white the ``gaussian`` likelihood's mean and the ``logistic`` likelihood's location reach
+#: by default: pure black and white get mass near 1 (MNIST is mostly exact 0 and 255: at scale 0.06 a black pixel
+#: costs the logistic 0.01 bits, where 0.1 cost 0.24), and lie at finite logits
 MARGIN = 0.3
 #: where the end bins of the ``logistic`` likelihood stop, in [0, 1] units (their mass beyond is below 1e-80)
 FAR = 1e4
@@ -47,7 +47,9 @@ class LikelihoodConfig(Config):
 
     likelihood: str = option("bernoulli", "reconstruction likelihood p(x|z)", LIKELIHOODS)
     sigma: float = option(0.1, "standard deviation of the gaussian likelihood; scale of the logistic (in [0, 1] units)")
-    margin: float = option(MARGIN, "how far past black and white the logistic's location reaches (in [0, 1] units)")
+    margin: float = option(
+        MARGIN, "how far past black and white the gaussian's mean and the logistic's location reach (in [0, 1] units)"
+    )
     scale: str = option("fixed", "the logistic's scale: sigma, or decoded (sigma x a second decoder output)", SCALES)
 
     positive: ClassVar[tuple[str, ...]] = ("sigma",)
@@ -86,7 +88,8 @@ def reconstruction_log_likelihood(
     if likelihood.likelihood == "bernoulli":
         per_pixel = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif likelihood.likelihood == "gaussian":
-        per_pixel = -0.5 * ((torch.sigmoid(logits) - target) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
+        mean = stretched_sigmoid(logits, likelihood.margin)
+        per_pixel = -0.5 * ((mean - target) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
     elif likelihood.likelihood == "logistic":
         # the end bins reach far, not to infinity: inf / scale would give a decoded scale NaN gradients
         lo, hi = (edge.clamp(-FAR, FAR) for edge in level_edges(torch.round(target * (LEVELS - 1))))
@@ -114,16 +117,21 @@ def logistic_parameters(logits: Tensor, likelihood: LikelihoodConfig) -> tuple[T
     if likelihood.scale == "decoded":
         logits, s = logits.chunk(2, dim=1)
         scale = likelihood.sigma * torch.exp(LOG_SCALE_RANGE * torch.tanh(s / LOG_SCALE_RANGE))
-    margin = likelihood.margin
-    return (1 + 2 * margin) * torch.sigmoid(logits) - margin, scale
+    return stretched_sigmoid(logits, likelihood.margin), scale
+
+
+def stretched_sigmoid(logits: Tensor, margin: float) -> Tensor:
+    """sigmoid(logits) stretched to reach ``margin`` past 0 and 1: black and white lie at finite logits, so a
+    likelihood centred there never pushes the logits towards -inf, where the sigmoid's gradient underflows."""
+    return (1 + 2 * margin) * torch.sigmoid(logits.float()) - margin
 
 
 def likelihood_images(logits: Tensor, likelihood: LikelihoodConfig = DEFAULT_LIKELIHOOD) -> Tensor:
-    """The images in [0, 1] that the decoder's ``logits`` stand for: sigmoid(logits), or under the ``logistic``
-    likelihood its location, clamped (the sigmoid would move every grey level towards the middle)."""
-    if likelihood.likelihood == "logistic":
-        return logistic_parameters(logits, likelihood)[0].clamp(0, 1)
-    return torch.sigmoid(logits)
+    """The images in [0, 1] that the decoder's ``logits`` stand for: sigmoid(logits) under the ``bernoulli``
+    likelihood; under the others their mean (or location), which reaches past black and white, clamped."""
+    if likelihood.likelihood == "bernoulli":
+        return torch.sigmoid(logits)
+    return stretched_sigmoid(logits.chunk(likelihood.outputs, dim=1)[0], likelihood.margin).clamp(0, 1)
 
 
 def level_edges(levels: Tensor) -> tuple[Tensor, Tensor]:

@@ -136,7 +136,8 @@ class Encoder(Part):
 
 
 class Decoder(Part):
-    """z (N, latent) -> logits (N, C, H, W); ``sigmoid(logits)`` is the reconstruction in [0, 1]."""
+    """z (N, latent) -> logits (N, C, H, W); the loss's likelihood reads them as the reconstruction in [0, 1]
+    (``sigmoid(logits)`` under the default Bernoulli likelihood)."""
 
     kind = "decoder"
 

@@ -389,8 +389,8 @@ def _train_and_report(
         if final["mse"] >= (floor := mean_image_mse(test.images)):
             log(
                 f"warning: test MSE {final['mse']:.4f} is no better than the mean test image's {floor:.4f}: the "
-                "model has not learned to reconstruct (too short a training, or a collapsed decoder, which "
-                "loss.likelihood=gaussian can cause: see reconstructions.png)"
+                "model has not learned to reconstruct (too short a training, or a collapsed decoder: see "
+                "reconstructions.png)"
             )
         # a model not trained on noise has never seen noisy inputs: its output is no denoised image
         output = "denoised" if data.noise else "model output, not trained as a denoiser"

@@ -1,4 +1,5 @@
-"""Run folders written by genkit 0.1 (config.json format 1) load, sample and resume (see tests/data/genkit-0.1)."""
+"""Run folders written by genkit 0.1 (config.json format 1) load, sample and resume (see tests/data/genkit-0.1);
+those of later formats load as they were trained."""
 
 import json
 import shutil
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import torch
 
-from genkit.checkpoint import load_model, read_json
+import genkit
+from genkit.checkpoint import FORMAT, load_model, read_json, save_run
 from genkit.cli import main
 from genkit.config import DataConfig
+from genkit.losses import MARGIN
 from genkit.run import resume_run
 
 OLD = Path(__file__).parent / "data" / "genkit-0.1"
@@ -33,7 +36,7 @@ def test_an_ae_saved_with_a_fitted_gmm_prior_reloads_and_samples_the_same():
     torch.testing.assert_close(model.sample(4, torch.Generator().manual_seed(1)), reference["samples"])
 
 
-def test_a_format_1_run_resumes_and_is_then_written_in_format_2(image_folder, tmp_path):
+def test_a_format_1_run_resumes_and_is_then_written_in_the_present_format(image_folder, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(OLD / "beta-vae-run", run)
     config = read_json(run / "config.json")
@@ -45,7 +48,7 @@ def test_a_format_1_run_resumes_and_is_then_written_in_format_2(image_folder, tm
     model = load_model(run)
     assert model.loss_fn.config.kl_warmup == 2 and model.loss_fn.config.beta == 2.0
     config = read_json(run / "config.json")
-    assert config["format"] == 2 and config["data"]["noise"] == "gaussian:0.3" and config["train"]["epochs"] == 2
+    assert config["format"] == FORMAT and config["data"]["noise"] == "gaussian:0.3" and config["train"]["epochs"] == 2
     assert "noise" not in config["train"] and config["parts"]["loss"]["options"]["kl_warmup"] == 2
     # it trained at a constant rate, the only schedule there was: today's cosine default does not apply to it
     assert config["train"]["lr"] == 0.001 and config["train"]["lr_schedule"] == "constant"
@@ -78,3 +81,22 @@ def test_a_run_started_from_python_keeps_its_parts_on_resume_and_reload(image_fo
     assert not torch.equal(model.prior.means, after_one)  # the resumed epoch trained the prior too
     assert [r["epoch"] for r in read_json(run / "metrics.json")["epochs"]] == [1, 2]
     assert "train_iwae" in read_json(run / "metrics.json")["epochs"][1]
+
+
+def test_a_format_2_gaussian_run_keeps_its_plain_sigmoid(tmp_path):
+    # before format 3 the gaussian likelihood's mean was sigmoid(logits): such a run reloads with margin 0, so that
+    # its weights give the images they were trained to give; other likelihoods' margins are left as recorded
+    model = genkit.get_model("ae", latent=2, channels=4, hidden=16, **{"loss.likelihood": "gaussian"})
+    assert model.loss_fn.config.margin == MARGIN
+    run = save_run(model, tmp_path / "run")
+    config = read_json(run / "config.json")
+    assert config["format"] == FORMAT == 3
+    assert load_model(run).loss_fn.config.margin == MARGIN  # today's file: as written
+    (run / "config.json").write_text(json.dumps({**config, "format": 2}))
+    old = load_model(run)
+    assert old.loss_fn.config.margin == 0.0
+    logits = old.decode_logits(torch.zeros(3, 2))
+    assert torch.equal(old.decode(torch.zeros(3, 2)), torch.sigmoid(logits))
+    config["parts"]["loss"]["options"]["likelihood"] = "logistic"
+    (run / "config.json").write_text(json.dumps({**config, "format": 2}))
+    assert load_model(run).loss_fn.config.margin == MARGIN

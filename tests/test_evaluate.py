@@ -11,7 +11,7 @@ import genkit
 from genkit.cli import main
 from genkit.data import ImageData
 from genkit.evaluate import estimate_nll, log_likelihood, nll_unavailable
-from genkit.losses import ELBOConfig
+from genkit.losses import MARGIN, ELBOConfig
 from genkit.train import TrainConfig, Trainer
 
 SMALL = ["--set", "channels=4", "--set", "hidden=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
@@ -43,8 +43,9 @@ class LinearGaussian:
 
 
 def linear_gaussian_vae(truth: LinearGaussian, widen: float = 1.3) -> genkit.Model:
-    """A genkit model whose decoder is the linear map (through logit/sigmoid) and whose encoder gives the exact
-    posterior mean with diagonal variances ``widen`` times the exact ones (an imperfect but good proposal)."""
+    """A genkit model whose decoder is the linear map (through the gaussian likelihood's stretched sigmoid) and
+    whose encoder gives the exact posterior mean with diagonal variances ``widen`` times the exact ones (an
+    imperfect but good proposal)."""
 
     class Encoder(genkit.Encoder):
         def forward(self, x: Tensor) -> genkit.Posterior:
@@ -55,8 +56,8 @@ def linear_gaussian_vae(truth: LinearGaussian, widen: float = 1.3) -> genkit.Mod
 
     class Decoder(genkit.Decoder):
         def forward(self, z: Tensor) -> Tensor:
-            mean = z.double() @ truth.W.T + truth.b  # in (0, 1): the sigmoid of its logit is itself
-            return torch.logit(mean).float().view(-1, 1, SIDE, SIDE)
+            mean = z.double() @ truth.W.T + truth.b  # in (0, 1), where the stretched sigmoid reaches it
+            return torch.logit((mean + MARGIN) / (1 + 2 * MARGIN)).float().view(-1, 1, SIDE, SIDE)
 
     dims = genkit.ModelConfig(latent=LATENT, image_size=SIDE, image_channels=1)
     model = genkit.Model(

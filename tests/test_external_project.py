@@ -170,7 +170,7 @@ def test_other_project_trains_samples_scores_saves_and_reloads(installed_project
     assert result["reloaded_name"] == "vae-conv" and result["reloaded_latent"] == 6
     assert result["same_weights"] and result["same_codes"] and result["same_decoding"] and result["same_samples"]
     config = read_json(work / "blob-vae" / CONFIG_FILE)
-    assert config["model"] == "vae-conv" and config["format"] == 2
+    assert config["model"] == "vae-conv" and config["format"] == 3
     assert config["model_config"] == {"latent": 6, "image_size": 28, "image_channels": 1}
     nets = {"channels": 8, "hidden": 64, "blocks": 0, "stages": 0}
     assert config["parts"] == {

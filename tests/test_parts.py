@@ -398,3 +398,25 @@ def test_a_seed_gives_the_nets_the_initial_weights_it_always_gave(net):
     first = next(m for m in genkit.get_encoder(net, dims, channels=4).modules() if isinstance(m, torch.nn.Conv2d))
     torch.manual_seed(3)
     assert torch.equal(first.weight, torch.nn.Conv2d(1, 4, 4, 2, 1).weight)
+
+
+@pytest.mark.parametrize("margin", [0.3, 0.05])
+def test_the_gaussian_likelihood_puts_black_at_a_finite_logit(margin):
+    from genkit.losses import LikelihoodConfig, likelihood_images, reconstruction_log_likelihood
+
+    logits = torch.linspace(-40, 40, 8001).view(-1, 1, 1, 1).requires_grad_()  # one one-pixel image per logit
+    black = torch.zeros_like(logits)
+    gaussian = LikelihoodConfig(likelihood="gaussian", sigma=0.1, margin=margin)
+    log_p = reconstruction_log_likelihood(logits, black, gaussian)
+    # the mean (1 + 2m) sigmoid(l) - m is 0 at l = log(m / (1 + m)): the likelihood's peak, not the grid's end
+    peak = math.log(margin / (1 + margin))
+    assert float(logits[log_p.argmax()].detach()) == pytest.approx(peak, abs=0.01)
+    (slope,) = torch.autograd.grad(log_p.sum(), logits)
+    assert bool((slope * (peak - logits) >= 0).all())  # every step leads towards the peak, none away from it
+    images = likelihood_images(logits.detach(), gaussian)
+    assert images.min() == 0 and images.max() == 1 and images[4000].item() == pytest.approx(0.5)
+    # the plain sigmoid (margin 0): a black pixel's likelihood rises for ever towards -inf, where its slope
+    # underflows: the trap a deep net falls into at its first steps, staying black (docs/benchmarks.md)
+    plain = reconstruction_log_likelihood(logits, black, LikelihoodConfig(likelihood="gaussian", margin=0.0))
+    (plain_slope,) = torch.autograd.grad(plain.sum(), logits)
+    assert int(plain.argmax()) == 0 and bool((plain_slope <= 0).all()) and float(plain_slope[0]) > -1e-12
