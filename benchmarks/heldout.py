@@ -1,6 +1,6 @@
-"""Held-out scoring for the benchmarks that choose genkit's settings (``defaults``, ``denoiser``, ``likelihood``):
-a model trains on the training split less its last images and is scored on those. The test split is never read, so
-nothing chosen this way is tuned on the test set."""
+"""Held-out scoring for the benchmarks that choose genkit's settings (``defaults``, ``denoiser``, ``likelihood``,
+``priors``): a model trains on the training split less its last images and is scored on those. The test split is
+never read, so nothing chosen this way is tuned on the test set."""
 
 from __future__ import annotations
 
