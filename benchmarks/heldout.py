@@ -66,7 +66,8 @@ def new_record(
 ) -> dict[str, Any]:
     """How a study's record starts: the data and its two parts' sizes, the training settings (genkit run's batch
     size and seed, for ``epochs``), the study's own ``fields`` and what measured it."""
-    training = {"epochs": epochs, "batch_size": TrainConfig().batch_size, "seed": TrainConfig().seed}
+    defaults = TrainConfig()
+    training = {"epochs": epochs, "batch_size": defaults.batch_size, "seed": defaults.seed}
     return {
         "dataset": dataset,
         "train_images": len(fit),
