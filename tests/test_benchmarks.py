@@ -560,3 +560,18 @@ def test_committed_scoreboards_match_the_committed_results(tmp_path):
             f"{board.name} is older than the results it reads: run python -m benchmarks.scoreboard "
             f"--dataset {dataset} --device {device}"
         )
+
+
+def test_every_model_genkit_ships_is_benchmarked():
+    # the full protocol has an entry (so its tables a row) for every built-in model; the compressor, whose
+    # figures are rate and distortion, is measured against the codecs by the compression benchmark instead
+    from benchmarks import rd
+    from genkit import registry
+
+    builtin = {name for name in genkit.list_models() if registry.models.info(name).distribution == "genkit"}
+    full = {entry.model for entry in suite.PROTOCOLS["full"].entries}
+    assert builtin - full == {"compressor"}, "add the new model to benchmarks.suite.PROTOCOLS['full']"
+    assert "compressor" in {entry.args[0] for entry in rd.MODELS}
+    for dataset in ("mnist", "fashion-mnist"):
+        rows = {row["label"] for row in json.loads((results_io.RESULTS / f"{dataset}-cpu.json").read_text())["results"]}
+        assert rows == {entry.label for entry in suite.PROTOCOLS["full"].entries}, dataset
