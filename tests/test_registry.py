@@ -36,6 +36,20 @@ def test_builtins_come_from_genkit_distribution():
         assert registry.models.info(name).distribution == "genkit"
 
 
+@pytest.mark.parametrize(
+    ("kind", "name"), [(kind, name) for kind, reg in registry.KINDS.items() for name in reg.names()]
+)
+def test_every_builtin_has_a_one_line_summary(kind, name):
+    # genkit list and genkit info show a docstring's first line: a summary wrapped onto the next one is cut off
+    reg = registry.KINDS[kind]
+    if reg.info(name).distribution != registry.OWN_DISTRIBUTION:
+        pytest.skip(f"{name} is a third-party {kind} plugin")
+    obj = reg.load(name)
+    lines = ((obj.description if isinstance(obj, genkit.Preset) else obj.__doc__) or "").strip().splitlines()
+    assert lines and lines[0].strip(), f"{kind} {name} has no docstring"
+    assert len(lines) == 1 or not lines[1].strip(), f"{kind} {name}: its summary line runs on: {lines[0]!r}"
+
+
 def test_list_models_pattern():
     assert genkit.list_models("*vae*") == ["beta-tcvae", "beta-vae", "info-vae", "vae-conv", "vamp-vae", "vq-vae"]
     assert genkit.list_models("nothing*") == []

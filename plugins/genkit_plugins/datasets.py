@@ -124,6 +124,7 @@ class SVHN(DatasetSource):
 
 class CelebA(DatasetSource):
     """CelebA (Liu et al. 2015): aligned celebrity faces, centre-cropped to 148x148 and resized to 64x64 RGB.
+
     The 162 770 training images are read from disk each epoch; the test split is the first 5000 images of the
     official test partition, held in memory."""
 

@@ -196,8 +196,10 @@ def _log_normal(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
 
 
 class BetaTCVAELoss(Loss):
-    """beta-TCVAE (Chen et al. 2018): the KL split into mutual information, total correlation and
-    dimension-wise KL, estimated by minibatch-weighted sampling; each term reported with its weight."""
+    """beta-TCVAE (Chen et al. 2018): the KL split into mutual information, total correlation and dim-wise KL.
+
+    The three terms are estimated by minibatch-weighted sampling; each is reported with its weight.
+    """
 
     config_class = TCConfig
 

@@ -170,8 +170,10 @@ def _grid_channels(dims: ModelConfig, side: int) -> int:
 
 
 class FCNEncoder(Encoder):
-    """x -> conv(c) -> conv(2c) -> 3x3 conv to a grid of codes, flattened: local codes, as learned image
-    compressors use (Ballé et al.); the latent size is grid channels x side x side."""
+    """x -> conv(c) -> conv(2c) -> 3x3 conv to a grid of codes, flattened: local codes, as in learned compressors.
+
+    Such codes are what learned image compressors use (Ballé et al.); the latent size is grid channels x side x side.
+    """
 
     config_class = FCNEncoderConfig
 

@@ -141,8 +141,11 @@ class VQLossConfig(LikelihoodConfig):
 
 
 class VQLoss(Loss):
-    """VQ-VAE loss: reconstruction from the quantised code + the codebook term |sg(z_e) - z_q|^2 (unless the
-    codebook moves by EMA) + beta times the commitment term |z_e - sg(z_q)|^2."""
+    """VQ-VAE loss: reconstruction from the quantised code + a codebook term + beta times a commitment term.
+
+    The codebook term is |sg(z_e) - z_q|^2 (left out when the codebook moves by EMA), the commitment term
+    |z_e - sg(z_q)|^2.
+    """
 
     config_class = VQLossConfig
 
